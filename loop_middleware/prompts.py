@@ -18,7 +18,14 @@ from pathlib import Path
 from .errors import ConfigError
 from .types import PromptVersion
 
-__all__ = ["PromptRegistry", "default_registry", "load_prompt", "sha256_text", "version_of"]
+__all__ = [
+    "PromptRegistry",
+    "default_registry",
+    "load_prompt",
+    "sha256_text",
+    "version_of",
+    "versions_in_messages",
+]
 
 # `{name}` (f-string / LangChain) and `{{ name }}` (jinja2 / mustache) template variables.
 _TEMPLATE_VAR = re.compile(r"\{\{\s*[A-Za-z_][\w.]*\s*\}\}|\{[A-Za-z_]\w*\}")
@@ -169,3 +176,17 @@ def register_texts(texts: Iterable[tuple[str, str]], *, registry: PromptRegistry
     reg = registry or default_registry
     for n, t in texts:
         reg.register(PromptVersion(sha256=sha256_text(t), text=t, name=n))
+
+
+def versions_in_messages(
+    messages: Iterable[dict[str, object]], *, registry: PromptRegistry | None = None
+) -> list[PromptVersion]:
+    """Distinct prompt versions behind the system messages of an LLM call's input."""
+    reg = registry or default_registry
+    found: dict[str, PromptVersion] = {}
+    for m in messages:
+        content = m.get("content")
+        if m.get("role") == "system" and isinstance(content, str) and content:
+            for v in reg.match(content):
+                found.setdefault(v.sha256, v)
+    return list(found.values())

@@ -1,8 +1,18 @@
 """Stages 1 and 2: instrument every agent turn and capture whole threads."""
 
 from ._handler import LoopCallbackHandler
+from ._ingest import IngestReport, ingest_otlp, parse_otlp
 from ._middleware import LoopMiddleware
 from ._recorder import Recorder
 from ._writer import BackgroundWriter, WriterStats
 
-__all__ = ["BackgroundWriter", "LoopCallbackHandler", "LoopMiddleware", "Recorder", "WriterStats"]
+__all__ = [
+    "BackgroundWriter",
+    "IngestReport",
+    "LoopCallbackHandler",
+    "LoopMiddleware",
+    "Recorder",
+    "WriterStats",
+    "ingest_otlp",
+    "parse_otlp",
+]

@@ -34,6 +34,8 @@ GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 GEN_AI_AGENT_NAME = "gen_ai.agent.name"
 GEN_AI_TOOL_NAME = "gen_ai.tool.name"
 GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
+GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
+GEN_AI_TOOL_CALL_RESULT = "gen_ai.tool.call.result"
 GEN_AI_PROMPT_NAME = "gen_ai.prompt.name"
 GEN_AI_PROMPT_VERSION = "gen_ai.prompt.version"
 GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
@@ -173,8 +175,9 @@ class SpanEmitter:
             OI_TOOL_NAME: name,
         }
         if self.capture_content:
-            attrs[OI_INPUT_VALUE] = json.dumps(call.arguments, ensure_ascii=False, default=repr)
-            attrs[OI_OUTPUT_VALUE] = call.result or ""
+            args = json.dumps(call.arguments, ensure_ascii=False, default=repr)
+            attrs[OI_INPUT_VALUE] = attrs[GEN_AI_TOOL_CALL_ARGUMENTS] = args
+            attrs[OI_OUTPUT_VALUE] = attrs[GEN_AI_TOOL_CALL_RESULT] = call.result or ""
         else:
             attrs[LOOP_OUTPUT_CHARS] = len(call.result or "")
         span = self._tracer.start_span(

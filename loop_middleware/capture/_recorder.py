@@ -18,7 +18,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 
-from ..prompts import PromptRegistry, default_registry
+from ..prompts import PromptRegistry, default_registry, versions_in_messages
 from ..store import Store
 from ..types import PromptVersion
 from ._messages import jsonable, message_dict, messages_list, text_of, user_messages_from_inputs
@@ -249,13 +249,7 @@ class Recorder:
         return [("thread", thread_row), ("turn", row)]
 
     def _versions(self, call: CallState) -> list[PromptVersion]:
-        found: list[PromptVersion] = []
-        for m in call.input_messages:
-            if m["role"] == "system" and m["content"]:
-                for v in self.registry.match(m["content"]):
-                    if all(v.sha256 != f.sha256 for f in found):
-                        found.append(v)
-        return found
+        return versions_in_messages(call.input_messages, registry=self.registry)
 
     def _call_rows(self, call: CallState) -> list[Row]:
         rows: list[Row] = []

@@ -421,7 +421,7 @@ def _build_turn(
     messages = _msgs(t.input_messages)
     steps: list[tuple[int, list[Message]]] = [(c.seq, c.output_messages) for c in llm_calls]
     steps += [
-        (c.seq, [Message(role="tool", content=c.result if c.error is None else f"Error: {c.error}",
+        (c.seq, [Message(role="tool", content=(c.result or "") if c.error is None else f"Error: {c.error}",
                          name=c.name, tool_call_id=c.tool_call_id)])
         for c in tool_calls
     ]
