@@ -29,7 +29,7 @@ def _guard(fn: F) -> F:
     def wrapper(self: LoopCallbackHandler, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(self, *args, **kwargs)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.recorder.errors += 1
             logger.exception("loop-middleware: capture error in %s (the host is unaffected)", fn.__name__)
             return None

@@ -27,7 +27,7 @@ def _config() -> dict[str, Any]:
         return {}
 
 
-class LoopMiddleware(AgentMiddleware):  # type: ignore[type-arg]
+class LoopMiddleware(AgentMiddleware):  # type: ignore[type-arg,unused-ignore]
     """Captures every turn of a ``create_agent`` agent: the user's message, each model call (with
     its system prompt's version, tokens, latency, finish reason) and each tool call.
 
@@ -115,7 +115,7 @@ class LoopMiddleware(AgentMiddleware):  # type: ignore[type-arg]
             )
             with self._lock:
                 self._open[key] = turn_id
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.recorder.errors += 1
             logger.exception("loop-middleware: capture error in before_agent (the host is unaffected)")
 
@@ -126,7 +126,7 @@ class LoopMiddleware(AgentMiddleware):  # type: ignore[type-arg]
                 turn_id = self._open.pop(key, None)
             if turn_id:
                 self.recorder.end_turn(turn_id, {"messages": (state or {}).get("messages", [])})
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.recorder.errors += 1
             logger.exception("loop-middleware: capture error in after_agent (the host is unaffected)")
 
@@ -170,7 +170,7 @@ class LoopMiddleware(AgentMiddleware):  # type: ignore[type-arg]
                 provider=params.get("ls_provider"), raw_input=messages,
             )
             return call_id
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.recorder.errors += 1
             logger.exception("loop-middleware: capture error before a model call")
             return None
@@ -183,7 +183,7 @@ class LoopMiddleware(AgentMiddleware):  # type: ignore[type-arg]
             if result is None and response is not None and not isinstance(response, ModelResponse):
                 result = [response]  # an AIMessage returned directly
             self.recorder.end_call(call_id, result, error)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.recorder.errors += 1
             logger.exception("loop-middleware: capture error after a model call")
 
@@ -227,7 +227,7 @@ class LoopMiddleware(AgentMiddleware):  # type: ignore[type-arg]
                 tool_call_id=call.get("id"),
             )
             return call_id
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.recorder.errors += 1
             logger.exception("loop-middleware: capture error before a tool call")
             return None
@@ -237,7 +237,7 @@ class LoopMiddleware(AgentMiddleware):  # type: ignore[type-arg]
             return
         try:
             self.recorder.end_call(call_id, result, error)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.recorder.errors += 1
             logger.exception("loop-middleware: capture error after a tool call")
 

@@ -243,7 +243,7 @@ class Recorder:
                 versions = {c.call_id: self._versions(c) for c in turn.calls if c.kind == "llm"}
                 try:
                     self.spans.emit_turn(turn, sorted(turn.calls, key=lambda c: c.seq), versions)
-                except Exception:  # noqa: BLE001 - a broken exporter must not lose the rows
+                except Exception:
                     self.errors += 1
                     logger.exception("loop-middleware: span emission failed")
         return [("thread", thread_row), ("turn", row)]

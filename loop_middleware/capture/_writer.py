@@ -14,6 +14,7 @@ at most ``flush_interval`` seconds of events (default 0.25 s).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ def _close_all() -> None:  # pragma: no cover - runs at interpreter exit
     for w in list(_LIVE):
         try:
             w.close(timeout=5.0)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("loop-middleware: closing writer at exit failed")
 
 
@@ -142,7 +143,7 @@ class BackgroundWriter:
             # Memory stays bounded: the record goes to disk from this thread instead.
             try:
                 self._spool(source())
-            except Exception:  # noqa: BLE001
+            except Exception:
                 self.stats.errors += 1
                 logger.exception("loop-middleware: could not spool a record")
 
@@ -163,10 +164,8 @@ class BackgroundWriter:
             return
         self.flush(timeout)
         self._closed = True
-        try:
+        with contextlib.suppress(queue.Full):
             self._q.put(None, timeout=timeout)
-        except queue.Full:  # pragma: no cover
-            pass
         self._thread.join(timeout)
         _LIVE.discard(self)
 
@@ -207,7 +206,7 @@ class BackgroundWriter:
                 else:
                     try:
                         rows.extend(it())
-                    except Exception:  # noqa: BLE001 - our bug must not kill the writer
+                    except Exception:
                         self.stats.errors += 1
                         logger.exception("loop-middleware: could not convert a captured record")
             if rows:
@@ -232,7 +231,7 @@ class BackgroundWriter:
             self.stats.write_failures += 1
             logger.warning("loop-middleware: store unavailable, spooling %d rows: %s", len(rows), exc)
             self._spool(rows)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.stats.write_failures += 1
             logger.exception("loop-middleware: unexpected write error, spooling %d rows", len(rows))
             self._spool(rows)
@@ -245,7 +244,7 @@ class BackgroundWriter:
                 self.stats.written += len(rows)
             except Exception:  # noqa: BLE001
                 self._spool(rows)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.stats.errors += 1
             logger.exception("loop-middleware: record after close could not be saved")
 

@@ -255,9 +255,11 @@ class Store:
 
     def thread_ids(self, *, since: datetime | None = None) -> list[str]:
         """Thread ids, oldest first; ``since`` keeps threads updated at or after that time."""
-        q = select(ThreadRow.thread_id).order_by(ThreadRow.created_at, ThreadRow.thread_id)  # type: ignore[arg-type]
+        q = select(ThreadRow.__table__.c.thread_id).order_by(  # type: ignore[attr-defined]
+            ThreadRow.__table__.c.created_at, ThreadRow.__table__.c.thread_id  # type: ignore[attr-defined]
+        )
         if since is not None:
-            q = q.where(ThreadRow.updated_at >= since)  # type: ignore[operator]
+            q = q.where(ThreadRow.__table__.c.updated_at >= since)  # type: ignore[attr-defined]
         with self.session() as s:
             return [r[0] for r in s.execute(q).all()]
 

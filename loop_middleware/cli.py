@@ -1,0 +1,199 @@
+"""``loopmw``: the command line of loop-middleware.
+
+Every command reads the store given by ``--db`` (any SQLAlchemy URL or a SQLite file path),
+else ``$LOOP_DATABASE_URL``, else ``./loop.db``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import LoopError
+from .store import Store
+
+app = typer.Typer(
+    name="loopmw",
+    help=(
+        "loop-middleware: a continuous improvement loop for LangChain/LangGraph agents.\n\n"
+        "Capture threads (LoopCallbackHandler / LoopMiddleware in your agent, or `loopmw ingest`), "
+        "then inspect what was captured."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="LOOP_DATABASE_URL",
+        help="Store URL (sqlite:///loop.db, postgresql+psycopg://...) or a SQLite file path. "
+        "Default: $LOOP_DATABASE_URL, else ./loop.db.",
+        show_default=False,
+    ),
+]
+
+
+def _store(db: str | None, *, must_exist: bool = True) -> Store:
+    if must_exist and db and "://" not in db and not Path(db).exists():
+        raise LoopError(f"no store at {db} (capture some threads first, or pass --db)")
+    return Store(db)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=1)
+
+
+def _snip(text: str, n: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"loop-middleware {__version__}")
+        raise typer.Exit()
+
+
+@app.command("threads")
+def threads_cmd(
+    db: DbOption = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many threads.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List captured threads: id, turns, tool calls, errors, opening request."""
+    try:
+        store = _store(db)
+        threads = store.list_threads(limit=limit)
+        total = store.count_threads()
+    except LoopError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps([t.model_dump(mode="json") for t in threads], ensure_ascii=False) + "\n")
+        return
+    table = Table(title=f"{len(threads)} of {total} threads in {store.safe_url}")
+    for col in ("thread", "turns", "tools", "errors", "prompt", "opening request"):
+        table.add_column(col)
+    for t in threads:
+        tools = sum(len(turn.tool_calls) for turn in t.turns)
+        errors = sum(1 for turn in t.turns for c in turn.tool_calls if c.error) + sum(
+            1 for turn in t.turns if turn.error)
+        versions = {v.short for turn in t.turns for v in turn.prompt_versions}
+        table.add_row(t.thread_id[:24], str(len(t.turns)), str(tools), str(errors),
+                      ",".join(sorted(versions)) or "-", _snip(t.opening_request))
+    console.print(table)
+
+
+@app.command("show")
+def show_cmd(
+    thread_id: Annotated[str, typer.Argument(help="The thread to print.")],
+    db: DbOption = None,
+) -> None:
+    """Print one thread turn by turn: messages, LLM calls (model, tokens, prompt version), tools."""
+    try:
+        thread = _store(db).get_thread(thread_id)
+    except LoopError as exc:
+        _fail(exc)
+        return
+    if thread is None:
+        _fail(LoopError(f"no thread {thread_id!r}"))
+        return
+    console.print(f"[bold]thread {thread.thread_id}[/] ({len(thread.turns)} turns)")
+    for turn in thread.turns:
+        console.print(f"\n[bold cyan]turn {turn.index}[/] {turn.latency_ms or 0:.0f} ms"
+                      + (f" [red]{turn.error}[/]" if turn.error else ""))
+        for m in turn.messages:
+            style = {"user": "green", "assistant": "blue", "tool": "magenta"}.get(m.role, "white")
+            console.print(f"  [{style}]{m.role:>9}[/] {_snip(m.content, 160)}", markup=True,
+                          highlight=False)
+        for c in turn.llm_calls:
+            pv = c.prompt_version
+            console.print(f"  [dim]llm #{c.seq} {c.model} in={c.input_tokens} out={c.output_tokens} "
+                          f"{c.latency_ms or 0:.1f} ms prompt={(pv.name or 'unnamed') + '@' + pv.short if pv else '-'}[/]")
+        for tc in turn.tool_calls:
+            console.print(f"  [dim]tool #{tc.seq} {tc.name}({_snip(json.dumps(tc.arguments, default=str), 60)})"
+                          f"{' ERROR ' + _snip(tc.error, 80) if tc.error else ''}[/]")
+    for f in thread.feedback:
+        console.print(f"  [yellow]{f.kind}[/] {f.label or ''} {f.score if f.score is not None else ''} {f.comment or ''}")
+
+
+@app.command("ingest")
+def ingest_cmd(
+    files: Annotated[list[Path], typer.Argument(help="OTLP/JSON or JSON Lines span exports.")],
+    db: DbOption = None,
+) -> None:
+    """Read OTLP/JSON span exports from other runtimes (GenAI semantic conventions or
+    OpenInference: OpenAI Agents SDK, LlamaIndex, ...) into threads. Bad records are skipped
+    with a message naming the record and field; good ones are still ingested."""
+    from .capture import ingest_otlp
+
+    try:
+        store = _store(db, must_exist=False)
+    except LoopError as exc:
+        _fail(exc)
+        return
+    failed = False
+    for f in files:
+        try:
+            report = ingest_otlp(f, store)
+        except LoopError as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            failed = True
+            continue
+        console.print(f"{f}: {report}")
+        for msg in report.skipped[:20]:
+            err.print(f"  [yellow]skipped[/] {msg}")
+        if len(report.skipped) > 20:
+            err.print(f"  ... and {len(report.skipped) - 20} more")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@app.command("feedback")
+def feedback_cmd(
+    thread_id: Annotated[str, typer.Argument(help="The thread the feedback is about.")],
+    thumbs: Annotated[str | None, typer.Option(help="'up' or 'down'.")] = None,
+    score: Annotated[float | None, typer.Option(help="A numeric score (0 = worst).")] = None,
+    outcome: Annotated[str | None, typer.Option(help="A business outcome: converted, churned, escalated...")] = None,
+    comment: Annotated[str | None, typer.Option(help="Free text.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Attach user feedback or a business outcome to a thread after the fact."""
+    try:
+        store = _store(db)
+        if outcome:
+            store.add_outcome(thread_id, outcome, value=score, comment=comment)
+        else:
+            if thumbs not in (None, "up", "down"):
+                raise LoopError("--thumbs takes 'up' or 'down'")
+            store.add_feedback(thread_id, thumbs=None if thumbs is None else thumbs == "up",
+                               score=score, comment=comment)
+    except LoopError as exc:
+        _fail(exc)
+        return
+    console.print(f"recorded for thread {thread_id}")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the ``loopmw`` console script."""
+    return app(args=argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
