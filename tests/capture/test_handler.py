@@ -284,3 +284,23 @@ def test_model_invoked_directly_is_a_turn(sqlite_url: str) -> None:
     assert turn.user_text == "hi there"
     assert turn.reply_text == "direct"
     assert len(turn.llm_calls) == 1
+
+
+async def test_astream_produces_whole_turns(sqlite_url: str) -> None:
+    handler = LoopCallbackHandler(sqlite_url)
+    graph = build_graph(
+        fake_model(tool_call("order_lookup", {"order_id": "S1"}), reply("S1 ships today")), [order_lookup]
+    )
+    seen = [
+        chunk async for chunk in graph.astream(
+            {"messages": [("user", "status of S1?")]},
+            config={"callbacks": [handler], "configurable": {"thread_id": "as"}},
+            stream_mode="updates",
+        )
+    ]
+    assert len(seen) == 3  # agent, tools, agent
+    assert handler.flush()
+    turn = reopen(sqlite_url).get_thread("as").turns[0]  # type: ignore[union-attr]
+    assert turn.user_text == "status of S1?"
+    assert turn.reply_text == "S1 ships today"
+    assert [c.name for c in turn.tool_calls] == ["order_lookup"]

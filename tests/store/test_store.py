@@ -1,0 +1,92 @@
+"""The store on SQLite and a real PostgreSQL server: round trips, feedback, idempotency, errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from loop_middleware import ConfigError, LoopCallbackHandler, Store, StoreError
+from tests._fakes import fake_model, reply
+from tests.capture.test_handler import build_graph, order_lookup, run
+from tests.conftest import reopen
+
+
+def test_feedback_and_outcomes_attach_to_threads(store_url: str) -> None:
+    handler = LoopCallbackHandler(store_url)
+    graph = build_graph(fake_model(reply("Here you go.")), [order_lookup])
+    run(graph, handler, "fb", "cancel my plan")
+    handler.flush()
+    store = Store(store_url)
+    turn_id = store.get_thread("fb").turns[0].id  # type: ignore[union-attr]
+    store.add_feedback("fb", turn_id=turn_id, thumbs=False, comment="didn't help at all")
+    store.add_feedback("fb", score=0.2)
+    store.add_outcome("fb", "churned")
+    t = reopen(store_url).get_thread("fb")
+    assert t is not None
+    kinds = [(f.kind, f.label, f.score) for f in t.feedback]
+    assert kinds == [("feedback", "thumbs_down", 0.0), ("feedback", None, 0.2), ("outcome", "churned", None)]
+    assert t.feedback[0].turn_id == turn_id and t.feedback[0].comment == "didn't help at all"
+    with pytest.raises(ConfigError):
+        store.add_feedback("fb")
+    with pytest.raises(ConfigError):
+        store.add_outcome("fb", "")
+
+
+def test_rows_are_idempotent_upserts(store_url: str) -> None:
+    store = Store(store_url)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        ("thread", {"thread_id": "x", "created_at": t0, "updated_at": t0}),
+        ("turn", {"id": "turn-1", "thread_id": "x", "started_at": t0,
+                  "input_messages": [{"role": "user", "content": "hi"}]}),
+    ]
+    store.write_rows(rows)
+    store.write_rows(rows)  # a replayed batch
+    store.write_rows([("turn", {"id": "turn-1", "thread_id": "x", "started_at": t0,
+                                "ended_at": t0 + timedelta(seconds=1), "latency_ms": 1000.0,
+                                "input_messages": [{"role": "user", "content": "hi"}]}),
+                      ("thread", {"thread_id": "x", "created_at": t0 + timedelta(days=1),
+                                  "updated_at": t0 + timedelta(days=1)})])
+    [t] = Store(store_url).list_threads()
+    assert len(t.turns) == 1 and t.turns[0].latency_ms == 1000.0
+    assert t.created_at is not None and t.created_at.replace(tzinfo=UTC) == t0  # first sighting kept
+    assert Store(store_url).count_threads() == 1
+
+
+def test_since_filter_and_limit(sqlite_url: str) -> None:
+    store = Store(sqlite_url)
+    base = datetime(2026, 3, 1, tzinfo=UTC)
+    for i in range(5):
+        ts = base + timedelta(days=i)
+        store.write_rows([
+            ("thread", {"thread_id": f"t{i}", "created_at": ts, "updated_at": ts}),
+            ("turn", {"id": f"u{i}", "thread_id": f"t{i}", "started_at": ts,
+                      "input_messages": [{"role": "user", "content": f"m{i}"}]}),
+        ])
+    assert [t.thread_id for t in store.list_threads(since=base + timedelta(days=3))] == ["t3", "t4"]
+    assert [t.thread_id for t in store.list_threads(limit=2)] == ["t0", "t1"]
+
+
+def test_bad_urls_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid database URL|driver"):
+        Store("nosuchdb+driver://x/y")
+    with pytest.raises(StoreError, match="cannot open store"):
+        Store("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
+    try:
+        Store("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
+    except StoreError as exc:
+        assert "secret" not in str(exc)
+    # a bare path is a SQLite file
+    s = Store(str(tmp_path / "plain.db"))
+    assert s.dialect == "sqlite" and (tmp_path / "plain.db").exists()
+
+
+def test_default_url_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOOP_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    assert Store().url.endswith("env.db")
+    monkeypatch.delenv("LOOP_DATABASE_URL")
+    monkeypatch.chdir(tmp_path)
+    assert Store().url == "sqlite:///loop.db"
+    assert (tmp_path / "loop.db").exists()
