@@ -13,9 +13,11 @@ made against another version of the file must fail loudly rather than land in th
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import re
+import tomllib
 from pathlib import PurePosixPath
 
 from unidiff.constants import (
@@ -53,6 +55,11 @@ _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 
 _MARKDOWN_SUFFIXES = frozenset(
     {".md", ".markdown", ".mdx", ".txt", ".prompt", ".j2", ".jinja", ".jinja2", ".mustache"}
+)
+
+# Source code: no prompt contract (braces are code), only "still parses" where we can tell.
+_CODE_SUFFIXES = frozenset(
+    {".py", ".js", ".mjs", ".ts", ".tsx", ".jsx", ".go", ".rs", ".java", ".rb", ".sh"}
 )
 
 
@@ -167,22 +174,32 @@ def check_file_contract(
 ) -> None:
     """:func:`check_contract` with the checks that make sense for ``path``'s file type.
 
-    Markdown-like files get the section check; YAML and JSON files must still parse (a broken
-    ``agent.yaml`` takes the agent down) and their ``#`` comments are not headings.
+    - Markdown / text / template files: template variables and sections.
+    - YAML, JSON, TOML: the file must still parse (a broken ``agent.yaml`` takes the agent
+      down); template variables are checked (prompt YAML holds templates), ``#`` comments are
+      not headings.
+    - Python: the file must still parse. Source code gets no template-variable check: braces
+      in code are dicts, sets and f-strings, not a prompt's contract.
     """
     suffix = PurePosixPath(path).suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        import yaml  # PyYAML ships with langchain-core
+    kind = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON", ".toml": "TOML", ".py": "Python"}.get(
+        suffix
+    )
+    try:
+        if kind == "YAML":
+            import yaml  # PyYAML ships with langchain-core
 
-        try:
             yaml.safe_load(after)
-        except yaml.YAMLError as exc:
-            raise ContractViolationError(f"the fix would make {path} invalid YAML: {exc}") from exc
-    elif suffix == ".json":
-        try:
+        elif kind == "JSON":
             json.loads(after)
-        except ValueError as exc:
-            raise ContractViolationError(f"the fix would make {path} invalid JSON: {exc}") from exc
+        elif kind == "TOML":
+            tomllib.loads(after)
+        elif kind == "Python":
+            ast.parse(after, filename=path)
+    except Exception as exc:  # each parser has its own error type; all mean "broken file"
+        raise ContractViolationError(f"the fix would make {path} invalid {kind}: {exc}") from exc
+    if suffix in _CODE_SUFFIXES:
+        return
     check_contract(
         before,
         after,

@@ -22,6 +22,7 @@ headers).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from loop_middleware.types import Fix
 __all__ = ["GitHubPR", "GitHubPublisher"]
 
 logger = logging.getLogger("loop_middleware.patch")
+_SINGLE_LINE = re.compile(r"[^\x00-\x1f\x7f]+")
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,15 @@ class GitHubPublisher:
         path = self.allowed.check(fix.target_file)
         self.allowed.check_diff(fix.diff, target_file=path)
         creates = diff_paths(fix.diff)[0][0] is None
+        if not _SINGLE_LINE.fullmatch(fix.diagnosis_id) or not _SINGLE_LINE.fullmatch(fix.id):
+            raise PatchError("fix.id and fix.diagnosis_id must be non-empty single-line strings")
         head = branch or branch_name(fix)
+        # The one write that could land on the base branch is update_file(branch=head): refuse
+        # anything but our own branch namespace.
+        if not head.startswith(BRANCH_PREFIX) or head == self.base_branch:
+            raise PatchError(
+                f"refusing to write to branch {head!r}: fixes go to {BRANCH_PREFIX}* branches only"
+            )
         step = "reading the repository"
         try:
             repo = self._gh.get_repo(self.repo_full_name)

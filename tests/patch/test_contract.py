@@ -86,6 +86,22 @@ def test_yaml_must_still_parse_and_comments_are_not_sections() -> None:
         check_file_contract("agent.yaml", before, "model: [unclosed\n")
 
 
+def test_code_files_must_parse_and_skip_the_prompt_contract() -> None:
+    before = "def f(x):\n    return {'k': x}\n"
+    check_file_contract(
+        "agent/tools.py", before, "def f(x):\n    return {x}\n"
+    )  # braces changed: fine
+    with pytest.raises(ContractViolationError, match="invalid Python"):
+        check_file_contract("agent/tools.py", before, "def f(x):\n    return {\n")
+    with pytest.raises(ContractViolationError, match="invalid TOML"):
+        check_file_contract("agent.toml", "a = 1\n", "a = \n")
+    with pytest.raises(ContractViolationError, match="invalid JSON"):
+        check_file_contract("agent.json", "{}", "{")
+    # Prompt YAML keeps its template variables.
+    with pytest.raises(ContractViolationError, match=r"\{question\}"):
+        check_file_contract("prompts/qa.yaml", "template: 'Q: {question}'\n", "template: 'Q'\n")
+
+
 def test_apply_make_diff_round_trip() -> None:
     after = SUPPORT_PROMPT.replace(
         "Refunds are possible.\n", "Refunds are possible.\nState the 30-day window.\n"

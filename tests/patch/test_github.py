@@ -13,7 +13,7 @@ import pytest
 import requests
 from github import GithubException
 
-from loop_middleware.errors import GitHubError, PathNotAllowedError
+from loop_middleware.errors import GitHubError, PatchError, PathNotAllowedError
 from loop_middleware.patch._body import FOOTER
 from loop_middleware.patch._contract import make_diff
 from loop_middleware.patch._github import GitHubPublisher
@@ -133,6 +133,12 @@ def test_refused_fix_sends_nothing(fake_github: FakeGitHub) -> None:
     with pytest.raises(PathNotAllowedError):
         publisher(fake_github).publish(fix)
     assert fake_github.requests == []
+    main_before = fake_github.repos["acme/agent"].branches["main"]
+    for branch in ("main", "feature/x"):
+        with pytest.raises(PatchError, match="refusing to write to branch"):
+            publisher(fake_github).publish(make_fix(), branch=branch)
+    assert fake_github.requests == []
+    assert fake_github.repos["acme/agent"].branches["main"] == main_before
 
 
 def test_validator_rejects_wrong_bodies_params_and_paths(openapi: MultiValidator) -> None:
