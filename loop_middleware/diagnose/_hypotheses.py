@@ -1,0 +1,1040 @@
+"""Root-cause hypotheses for one significant intent x signal cell. Offline and deterministic.
+
+Each hypothesis looks at the threads of the cell and answers "does this failure mode explain the
+affected sessions?" with a :class:`Hypothesis` (a clause naming the cause, verbatim evidence, a
+confidence and the details a fix needs) or ``None``:
+
+``coverage_gap``
+    The intent's key terms (its keyphrases + the content words its users keep using, stemmed,
+    stop words removed) are absent from the prompt text that served the failing turns, and the
+    failure is a refusal / frustration / escalation / abandonment: the prompt says nothing about
+    the topic, so the agent cannot help.
+``regression``
+    The signal's rate in the intent jumped when the prompt changed: threads grouped by the
+    version of their main prompt, versions in order of first appearance, a one-sided Fisher exact
+    two-proportion test per consecutive pair (Bonferroni over the pairs). The details carry the
+    unified diff of the two versions.
+``tool_failure``
+    A tool's errors or empty results precede the failing turn in most affected sessions, and far
+    less often in the intent's unaffected ones.
+``ungrounded_answer``
+    A retrieval tool returned nothing and the agent answered anyway.
+``context_loss``
+    Failures concentrate past turn N (a discrete-time hazard split at the knee N), or the
+    failing calls ran near the model's context limit.
+``loop_stall``
+    The same tool was called again and again with the same arguments, or stall signals.
+
+The hypotheses that compare affected sessions with unaffected ones share one rule
+(:func:`_contrast`): a precursor explains the cell when it shows in at least ``min_support`` of the
+affected sessions (before or at their failing turn) and in ``min_contrast`` fewer of the intent's
+unaffected sessions. A precursor that is everywhere explains nothing in particular.
+
+When nothing fires, :func:`explain` returns one ``unexplained`` hypothesis with the numbers only.
+Every quote in :attr:`Hypothesis.evidence` is checked to be a verbatim substring of its thread.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from scipy.stats import fisher_exact
+
+from ..types import Evidence, Intent, PromptVersion, Signal, Thread, ToolCall, Turn
+from ._stats import CellStat, DiagnoseConfig
+
+__all__ = [
+    "FAILURE_MODES",
+    "CellContext",
+    "Hypothesis",
+    "context_loss",
+    "coverage_gap",
+    "explain",
+    "find_quote",
+    "key_terms",
+    "loop_stall",
+    "regression",
+    "stem",
+    "tool_failure",
+    "ungrounded_answer",
+]
+
+FAILURE_MODES = ("coverage_gap", "regression", "tool_failure", "ungrounded_answer",
+                 "context_loss", "loop_stall", "unexplained")
+"""Every value :attr:`Hypothesis.failure_mode` takes."""
+
+T = TypeVar("T")
+
+
+# --- context ------------------------------------------------------------------------------------
+
+
+@dataclass
+class CellContext:
+    """Everything a hypothesis may look at for one cell. Built by :func:`diagnose`."""
+
+    cell: CellStat
+    intent: Intent | None
+    intent_threads: list[Thread]
+    """The threads of the cell's intent, in input order."""
+    other_threads: list[Thread]
+    """Every other thread analysed."""
+    signals_by_thread: Mapping[str, list[Signal]]
+    """All signals (every kind) per thread id."""
+    config: DiagnoseConfig
+    failing_turn: dict[str, int | None] = field(default_factory=dict)
+    """Affected thread id -> first turn index with the cell's signal (``None``: not tied to a turn,
+    the whole thread counts as *before* the failure)."""
+
+    def __post_init__(self) -> None:
+        if not self.failing_turn:
+            for tid in self.cell.thread_ids:
+                idx = [s.turn_index for s in self.signals_by_thread.get(tid, [])
+                       if s.kind == self.cell.signal and s.turn_index is not None]
+                self.failing_turn[tid] = min(idx) if idx else None
+
+    @property
+    def intent_name(self) -> str:
+        """The intent's name (``(unassigned)`` for the unassigned threads)."""
+        return self.intent.name if self.intent is not None else "(unassigned)"
+
+    @property
+    def affected(self) -> list[Thread]:
+        """The intent's threads with the cell's signal."""
+        return [t for t in self.intent_threads if t.thread_id in self.failing_turn]
+
+    @property
+    def unaffected(self) -> list[Thread]:
+        """The intent's threads without the cell's signal."""
+        return [t for t in self.intent_threads if t.thread_id not in self.failing_turn]
+
+    def horizon(self, thread: Thread) -> int | None:
+        """The last turn index that counts as *before (or at) the failure* (``None``: all)."""
+        return self.failing_turn.get(thread.thread_id)
+
+    def cell_signals(self, thread: Thread) -> list[Signal]:
+        """The thread's signals of the cell's kind, earliest first."""
+        out = [s for s in self.signals_by_thread.get(thread.thread_id, []) if s.kind == self.cell.signal]
+        return sorted(out, key=lambda s: -1 if s.turn_index is None else s.turn_index)
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A root-cause hypothesis that fired for a cell."""
+
+    failure_mode: str
+    """One of :data:`FAILURE_MODES`."""
+    clause: str
+    """The cause, as a clause without the cell's numbers ("the prompt has no 'refund' guidance
+    (terms ... absent from prompts/support.md @ abc123def456)")."""
+    confidence: float
+    """0..1: how strongly the data supports this cause (0 for ``unexplained``)."""
+    evidence: list[Evidence]
+    """Verbatim quotes from the affected threads."""
+    details: dict[str, Any]
+    """What a fix needs: missing terms, the tool, the version diff, the turn threshold, ..."""
+    prompt: PromptVersion | None = None
+    """The prompt version to fix, when the hypothesis names one (``regression``: the new one)."""
+
+
+# --- text helpers -------------------------------------------------------------------------------
+
+_WORD_RX = re.compile(r"[^\W\d_]{2,}", re.UNICODE)
+_SUFFIXES: tuple[tuple[str, str], ...] = (
+    ("ations", ""), ("ation", ""), ("ments", ""), ("ment", ""), ("ings", ""), ("ing", ""),
+    ("ies", "y"), ("ied", "y"), ("ed", ""), ("es", ""), ("s", ""),
+)
+_VOWELS = set("aeiouy")
+
+
+def stem(word: str) -> str:
+    """A small, deterministic English suffix stripper (``refunds``/``refunded`` -> ``refund``).
+
+    Not Porter: just enough that the inflections of one word agree (``charge``, ``charges``,
+    ``charged``, ``charging`` -> ``charg``; ``cancelled``/``cancel`` -> ``cancel``), which is all
+    the coverage check needs. Words of three letters or fewer are kept as they are.
+    """
+    w = word.lower()
+    if len(w) <= 3:
+        return w
+    for suf, rep in _SUFFIXES:
+        if not w.endswith(suf) or len(w) - len(suf) < 3:
+            continue
+        base = w[: -len(suf)]
+        if suf == "es" and not base.endswith(("s", "x", "z", "ch", "sh")):
+            base = w[:-1]  # "charges" -> "charge", not "charg" + "es" (the "e" goes below)
+        if suf == "s" and w.endswith(("ss", "us", "is")):
+            continue
+        w = base + rep
+        break
+    if len(w) > 3 and w.endswith("e"):
+        w = w[:-1]
+    if len(w) > 3 and w[-1] == w[-2] and w[-1] not in _VOWELS:
+        w = w[:-1]
+    return w
+
+
+def _words(text: str) -> list[str]:
+    return [m.group(0).lower() for m in _WORD_RX.finditer(text)]
+
+
+def _content_stems(text: str, stopwords: frozenset[str]) -> dict[str, str]:
+    """Content words of ``text``: stem -> first surface form."""
+    out: dict[str, str] = {}
+    for w in _words(text):
+        if len(w) >= 3 and w not in stopwords and w.replace("'", "") not in stopwords:
+            out.setdefault(stem(w), w)
+    return out
+
+
+def _clip(text: str, start: int, end: int, limit: int) -> str:
+    """A verbatim window of ``text`` around ``text[start:end]``, at most ``limit`` chars.
+
+    Windows are cut at spaces, never rewritten (no ellipsis), so the quote stays a substring.
+    """
+    if end - start >= limit:
+        return text[start : start + limit].strip() or text[start : start + limit]
+    pad = (limit - (end - start)) // 2
+    s = max(0, start - pad)
+    e = min(len(text), s + limit)
+    s = max(0, e - limit)
+    if s > 0:
+        ws = text.find(" ", s, start)
+        if ws != -1:
+            s = ws + 1
+    if e < len(text):
+        ws = text.rfind(" ", end, e)
+        if ws != -1:
+            e = ws
+    window = text[s:e]
+    return window.strip() or window
+
+
+def _thread_pieces(thread: Thread) -> Iterable[tuple[int, str]]:
+    """Every stored text of a thread a quote may come from: (turn index, text).
+
+    System messages are left out on purpose: a quote from the prompt is not evidence of what
+    happened in a conversation.
+    """
+    for turn in thread.turns:
+        for m in turn.messages:
+            if m.role != "system" and m.content:
+                yield turn.index, m.content
+        for call in turn.tool_calls:
+            if call.result:
+                yield turn.index, call.result
+            if call.error:
+                yield turn.index, call.error
+        for llm in turn.llm_calls:
+            for m in llm.output_messages:
+                if m.content:
+                    yield turn.index, m.content
+
+
+def find_quote(thread: Thread, quote: str) -> tuple[bool, int | None]:
+    """Whether ``quote`` appears verbatim in the thread, and the first turn index it is in."""
+    if not quote:
+        return False, None
+    for idx, text in _thread_pieces(thread):
+        if quote in text:
+            return True, idx
+    return False, None
+
+
+def _evidence(thread: Thread, quote: str, turn_index: int | None, limit: int) -> Evidence | None:
+    """An :class:`Evidence` for ``quote`` if it is verbatim in the thread (clipped to ``limit``)."""
+    quote = quote.strip()
+    if len(quote) > limit:
+        quote = _clip(quote, 0, 0, limit)
+    found, where = find_quote(thread, quote)
+    if not found:
+        return None
+    return Evidence(thread_id=thread.thread_id, turn_index=turn_index if turn_index is not None else where,
+                    quote=quote)
+
+
+def _signal_evidence(ctx: CellContext, thread: Thread) -> Evidence | None:
+    """The cell's own signal quote for ``thread``, if verbatim; else the failing turn's user text."""
+    limit = ctx.config.max_quote_chars
+    for s in ctx.cell_signals(thread):
+        # Detectors are asked for verbatim quotes; we check rather than trust. An ellipsis-joined
+        # quote keeps its longest verbatim fragment.
+        for part in sorted(re.split(r"\u2026|\.\.\.", s.evidence), key=len, reverse=True):
+            ev = _evidence(thread, part, s.turn_index, limit)
+            if ev is not None and len(ev.quote) >= 3:
+                return ev
+    h = ctx.horizon(thread)
+    turn = _turn(thread, h) if h is not None else (thread.turns[0] if thread.turns else None)
+    if turn is not None and turn.user_text.strip():
+        user = next(m.content for m in turn.messages if m.role == "user" and m.content.strip())
+        return _evidence(thread, _clip(user, 0, 0, limit), turn.index, limit)
+    return None
+
+
+def _turn(thread: Thread, index: int) -> Turn | None:
+    for t in thread.turns:
+        if t.index == index:
+            return t
+    return None
+
+
+def _turns_upto(thread: Thread, horizon: int | None) -> list[Turn]:
+    return [t for t in thread.turns if horizon is None or t.index <= horizon]
+
+
+def _collect_evidence(*groups: Iterable[Evidence | None], limit: int) -> list[Evidence]:
+    """Round-robin over evidence groups (so each kind of proof shows), deduplicated, capped."""
+    lists = [[ev for ev in g if ev is not None] for g in groups]
+    out: list[Evidence] = []
+    seen: set[tuple[str, str]] = set()
+    for i in range(max((len(g) for g in lists), default=0)):
+        for g in lists:
+            if i < len(g) and (g[i].thread_id, g[i].quote) not in seen and len(out) < limit:
+                seen.add((g[i].thread_id, g[i].quote))
+                out.append(g[i])
+    return out
+
+
+# --- prompts ------------------------------------------------------------------------------------
+
+
+def _turn_prompt(turn: Turn) -> PromptVersion | None:
+    for call in sorted(turn.llm_calls, key=lambda c: c.seq):
+        if call.prompt_version is not None:
+            return call.prompt_version
+    return None
+
+
+def serving_prompt(thread: Thread, turn_index: int | None) -> PromptVersion | None:
+    """The main prompt version that served ``turn_index`` (the nearest earlier turn with one,
+    else the thread's first); the thread's first when ``turn_index`` is ``None``."""
+    turns = thread.turns
+    if turn_index is not None:
+        for t in sorted((t for t in turns if t.index <= turn_index), key=lambda t: -t.index):
+            pv = _turn_prompt(t)
+            if pv is not None:
+                return pv
+    for t in turns:
+        pv = _turn_prompt(t)
+        if pv is not None:
+            return pv
+    return None
+
+
+def _serving_texts(thread: Thread, turn_index: int | None) -> list[PromptVersion]:
+    """Every prompt version (main and secondary) used by the failing turn's calls."""
+    turn = _turn(thread, turn_index) if turn_index is not None else None
+    turns = [turn] if turn is not None and turn.prompt_versions else thread.turns
+    seen: dict[str, PromptVersion] = {}
+    for t in turns:
+        for pv in t.prompt_versions:
+            seen.setdefault(pv.sha256, pv)
+    return list(seen.values())
+
+
+def thread_main_prompt(thread: Thread) -> PromptVersion | None:
+    """The main prompt version used by most of the thread's turns (first-used on ties)."""
+    counts: Counter[str] = Counter()
+    first: dict[str, PromptVersion] = {}
+    for t in thread.turns:
+        pv = _turn_prompt(t)
+        if pv is not None:
+            counts[pv.sha256] += 1
+            first.setdefault(pv.sha256, pv)
+    if not counts:
+        return None
+    order = list(first)
+    best = max(order, key=lambda sha: (counts[sha], -order.index(sha)))
+    return first[best]
+
+
+def modal_prompt(ctx: CellContext) -> PromptVersion | None:
+    """The prompt version that served most affected sessions at their failing turn."""
+    counts: Counter[str] = Counter()
+    first: dict[str, PromptVersion] = {}
+    for t in ctx.affected:
+        pv = serving_prompt(t, ctx.horizon(t))
+        if pv is not None:
+            counts[pv.sha256] += 1
+            first.setdefault(pv.sha256, pv)
+    if not counts:
+        return None
+    order = list(first)
+    return first[max(order, key=lambda sha: (counts[sha], -order.index(sha)))]
+
+
+def _prompt_label(pv: PromptVersion) -> str:
+    return f"{pv.path or pv.name or 'the prompt'} @ {pv.short}"
+
+
+# --- the contrast rule --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Contrast:
+    hits: dict[str, Any]
+    """Affected thread id -> what the predicate found."""
+    baseline_hits: dict[str, Any]
+    support: float
+    baseline: float
+    n_affected: int
+
+    def fires(self, cfg: DiagnoseConfig) -> bool:
+        return self.support >= cfg.min_support and self.support - self.baseline >= cfg.min_contrast
+
+    @property
+    def confidence(self) -> float:
+        return round(max(0.0, min(1.0, self.support * (1.0 - self.baseline))), 3)
+
+
+def _contrast(ctx: CellContext, predicate: Callable[[Thread, int | None], T | None]) -> _Contrast:
+    """Run ``predicate(thread, horizon)`` on the affected sessions (up to their failing turn) and
+    on the intent's unaffected ones (whole thread)."""
+    affected, unaffected = ctx.affected, ctx.unaffected
+    hits = {t.thread_id: h for t in affected if (h := predicate(t, ctx.horizon(t))) is not None}
+    base = {t.thread_id: h for t in unaffected if (h := predicate(t, None)) is not None}
+    return _Contrast(hits=hits, baseline_hits=base,
+                     support=len(hits) / len(affected) if affected else 0.0,
+                     baseline=len(base) / len(unaffected) if unaffected else 0.0,
+                     n_affected=len(affected))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%".replace(".0%", "%")
+
+
+# --- (a) coverage gap ---------------------------------------------------------------------------
+
+
+def key_terms(ctx: CellContext) -> list[tuple[str, list[str]]]:
+    """The intent's key terms as ``(surface form, stems)``: its keyphrases, then the content words
+    that are frequent in its threads' opening user messages and distinctive of it
+    (``min_term_share``, ``term_lift``)."""
+    cfg = ctx.config
+    terms: list[tuple[str, list[str]]] = []
+    seen: set[tuple[str, ...]] = set()
+    for phrase in (ctx.intent.keyphrases if ctx.intent is not None else []):
+        words = _words(phrase)
+        # Stop words inside a phrase are not required in the prompt ("where is my order" is
+        # about "order"); a phrase made only of stop words names nothing ("help").
+        stems = [stem(w) for w in words if w not in cfg.stopwords]
+        if not stems:
+            continue
+        if tuple(stems) not in seen:
+            seen.add(tuple(stems))
+            terms.append((phrase.strip(), stems))
+
+    def doc_freq(threads: Sequence[Thread]) -> tuple[Counter[str], dict[str, Counter[str]]]:
+        df: Counter[str] = Counter()
+        surface: dict[str, Counter[str]] = {}
+        for t in threads:
+            # Opening requests only: they say what the conversation is about. Later user
+            # messages are dominated by reactions to the failure ("I want a real person"),
+            # which are symptoms, not the topic the prompt should cover.
+            words = _content_stems(t.opening_request, cfg.stopwords)
+            df.update(words.keys())
+            for s, w in words.items():
+                surface.setdefault(s, Counter())[w] += 1
+        return df, surface
+
+    df_in, surface = doc_freq(ctx.intent_threads)
+    df_out, _ = doc_freq(ctx.other_threads)
+    n_in, n_out = len(ctx.intent_threads), len(ctx.other_threads)
+    candidates = []
+    for s, k in df_in.items():
+        share_in = k / n_in if n_in else 0.0
+        share_out = df_out[s] / n_out if n_out else 0.0
+        if share_in >= cfg.min_term_share and share_in >= cfg.term_lift * share_out:
+            candidates.append((-k, s))
+    in_phrases = {s for key in seen for s in key}
+    for _, s in sorted(candidates)[: cfg.top_terms]:
+        if s not in in_phrases and (s,) not in seen:  # "refund" adds nothing to "refund policy"
+            seen.add((s,))
+            word = max(sorted(surface[s]), key=lambda w: surface[s][w])
+            terms.append((word, [s]))
+    return terms
+
+
+def _stem_sequence(text: str) -> list[str]:
+    return [stem(w) for w in _words(text)]
+
+
+def _has_term(stems_of_prompt: list[str], stem_set: set[str], term: list[str]) -> bool:
+    """A word is present when its stem is; a phrase when all its stems occur close together
+    (within ``2 n + 2`` words), so "money back" matches "the money goes back"."""
+    if len(term) == 1:
+        return term[0] in stem_set
+    if not set(term) <= stem_set:
+        return False
+    window = 2 * len(term) + 2
+    need = set(term)
+    for i, s in enumerate(stems_of_prompt):
+        if s in need and need <= set(stems_of_prompt[i : i + window]):
+            return True
+    return False
+
+
+def coverage_gap(ctx: CellContext) -> Hypothesis | None:
+    """The prompt that served the failing turns never mentions the intent's key terms."""
+    cfg = ctx.config
+    if ctx.cell.signal not in cfg.coverage_gap_signals:
+        return None
+    affected = ctx.affected
+    texts: dict[str, PromptVersion] = {}
+    served = 0
+    for t in affected:
+        pvs = _serving_texts(t, ctx.horizon(t))
+        served += bool(pvs)
+        for pv in pvs:
+            texts.setdefault(pv.sha256, pv)
+    if not texts:
+        return None  # no prompt recorded: nothing to check the terms against
+    terms = key_terms(ctx)
+    if not terms:
+        return None
+    seq = _stem_sequence("\n".join(pv.text for pv in texts.values()))
+    stem_set = set(seq)
+    missing = [(word, stems) for word, stems in terms if not _has_term(seq, stem_set, stems)]
+    missing_share = len(missing) / len(terms)
+    if missing_share < cfg.coverage_min_missing:
+        return None
+    target = modal_prompt(ctx)
+    assert target is not None  # texts is non-empty, so some turn had a prompt
+    missing_words = [w for w, _ in missing]
+    missing_stems = {s for _, stems in missing for s in stems}
+
+    # Evidence: where the users ask about the missing topic, and the failure itself.
+    asks: list[Evidence | None] = []
+    for t in affected:
+        for turn in _turns_upto(t, ctx.horizon(t)):
+            ev = None
+            for m in turn.messages:
+                if m.role != "user":
+                    continue
+                hit = next((w for w in _WORD_RX.finditer(m.content)
+                            if stem(w.group(0)) in missing_stems), None)
+                if hit is not None:
+                    ev = _evidence(t, _clip(m.content, hit.start(), hit.end(), cfg.max_quote_chars),
+                                   turn.index, cfg.max_quote_chars)
+                    break
+            if ev is not None:
+                asks.append(ev)
+                break
+    failures = [_signal_evidence(ctx, t) for t in affected]
+    label = missing_words[0]
+    quoted = ", ".join(f"'{w}'" for w in missing_words[:4]) + (" ..." if len(missing_words) > 4 else "")
+    clause = (f"the prompt has no {label} guidance (terms {quoted} absent from "
+              f"{_prompt_label(target)})")
+    return Hypothesis(
+        failure_mode="coverage_gap", clause=clause,
+        confidence=round(missing_share * (served / len(affected)), 3),
+        evidence=_collect_evidence(asks, failures, limit=cfg.max_evidence),
+        details={"missing_terms": missing_words, "key_terms": [w for w, _ in terms],
+                 "present_terms": [w for w, stems in terms if (w, stems) not in missing],
+                 "missing_share": round(missing_share, 3),
+                 "prompt_versions_checked": sorted(pv.short for pv in texts.values())},
+        prompt=target,
+    )
+
+
+# --- (b) regression -----------------------------------------------------------------------------
+
+
+def _thread_time(thread: Thread) -> datetime | None:
+    ts = thread.created_at
+    if ts is None:
+        for turn in thread.turns:
+            ts = turn.started_at or next((c.started_at for c in turn.llm_calls if c.started_at), None)
+            if ts is not None:
+                break
+    if ts is not None and ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)  # naive timestamps are taken as UTC so they compare
+    return ts
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text.rfind("\n", 0, limit)
+    return text[: cut if cut > 0 else limit] + "\n... (diff truncated)\n"
+
+
+def regression(ctx: CellContext) -> Hypothesis | None:
+    """The signal's rate in the intent jumped from one prompt version to the next."""
+    cfg = ctx.config
+    threads = ctx.intent_threads
+    times = [_thread_time(t) for t in threads]
+    use_time = all(ts is not None for ts in times)
+    # Versions of one prompt (same path, or name) form a sequence; different prompts don't.
+    seqs: dict[str, dict[str, tuple[Any, PromptVersion, list[Thread]]]] = {}
+    for pos, (t, ts) in enumerate(zip(threads, times, strict=True)):
+        pv = thread_main_prompt(t)
+        if pv is None:
+            continue
+        ident = pv.path or pv.name or "?"
+        order_key = (ts, pos) if use_time else (pos,)
+        versions = seqs.setdefault(ident, {})
+        if pv.sha256 not in versions:
+            versions[pv.sha256] = (order_key, pv, [t])
+        else:
+            k, v, members = versions[pv.sha256]
+            members.append(t)
+            versions[pv.sha256] = (min(k, order_key), v, members)
+    affected = set(ctx.failing_turn)
+    pairs: list[tuple[PromptVersion, PromptVersion, int, int, int, int, float]] = []
+    for ident in sorted(seqs):
+        ordered = sorted(seqs[ident].values(), key=lambda x: x[0])
+        for (_, old, old_t), (_, new, new_t) in itertools.pairwise(ordered):
+            n_old, n_new = len(old_t), len(new_t)
+            if n_old < cfg.min_version_sessions or n_new < cfg.min_version_sessions:
+                continue
+            a_old = sum(t.thread_id in affected for t in old_t)
+            a_new = sum(t.thread_id in affected for t in new_t)
+            p = float(fisher_exact([[a_new, n_new - a_new], [a_old, n_old - a_old]],
+                                   alternative="greater")[1])
+            pairs.append((old, new, n_old, a_old, n_new, a_new, p))
+    if not pairs:
+        return None
+    old, new, n_old, a_old, n_new, a_new, p = min(pairs, key=lambda x: (x[6], x[1].sha256))
+    p_adj = min(1.0, p * len(pairs))
+    if p_adj > cfg.regression_alpha or a_new / n_new <= a_old / n_old:
+        return None
+    label = new.path or new.name or "the prompt"
+    diff = "".join(difflib.unified_diff(
+        old.text.splitlines(keepends=True), new.text.splitlines(keepends=True),
+        fromfile=f"{label}@{old.short}", tofile=f"{label}@{new.short}"))
+    on_new = [t for t in ctx.affected if (pv := thread_main_prompt(t)) is not None
+              and pv.sha256 == new.sha256]
+    share_new = len(on_new) / max(1, len(ctx.affected))
+    clause = (f"the {ctx.cell.signal} rate jumped from {_pct(a_old / n_old)} to {_pct(a_new / n_new)} "
+              f"when {label} changed from {old.short} to {new.short} (p={p_adj:.2g})")
+    return Hypothesis(
+        failure_mode="regression", clause=clause,
+        confidence=round((1.0 - p_adj) * share_new, 3),
+        evidence=_collect_evidence((_signal_evidence(ctx, t) for t in on_new), limit=cfg.max_evidence),
+        details={"old_sha256": old.sha256, "new_sha256": new.sha256, "prompt_path": new.path,
+                 "old_rate": a_old / n_old, "new_rate": a_new / n_new,
+                 "old_sessions": n_old, "old_affected": a_old,
+                 "new_sessions": n_new, "new_affected": a_new,
+                 "p_value": p, "p_adjusted": p_adj, "version_pairs_tested": len(pairs),
+                 "diff": _truncate(diff, cfg.max_diff_chars)},
+        prompt=new,
+    )
+
+
+# --- (c) tool failure ---------------------------------------------------------------------------
+
+_EMPTY_RX = re.compile(
+    r"\s*(?:|\[\s*\]|\{\s*\}|null|none|n/?a|\"\"|''"
+    r"|(?:no|0|zero) (?:relevant |matching )?(?:results?|matches|documents?|records?|items?|data|"
+    r"entries|hits|articles?|orders?)(?: (?:were |was )?(?:found|returned|available))?(?: for [^\n]{0,80})?"
+    r"|(?:not found|nothing found|no match(?:es)?|empty)(?: for [^\n]{0,80})?)\s*[.!]?\s*",
+    re.IGNORECASE,
+)
+_ERROR_RESULT_RX = re.compile(
+    r"^\s*(?:\{\s*\"(?:error|detail)\"|error\b|exception\b|traceback\b|failed\b)"
+    r"|\b(?:timed out|timeout|internal server error|service unavailable|bad gateway|"
+    r"connection (?:refused|reset)|rate limit(?:ed)?|HTTP 5\d\d|status(?: code)?:? 5\d\d)\b",
+    re.IGNORECASE,
+)
+_ADMITS_RX = re.compile(
+    r"\b(?:couldn't|could not|can't|cannot|wasn't able to|was not able to|unable to|didn't|did not)"
+    r" (?:find|locate|retrieve|confirm|verify|see)\b"
+    r"|\bno (?:results?|matching|matches|records?|information|info|data|details|entries|documents?)\b"
+    r"|\b(?:i|we) (?:don't|do not) (?:have|know|see)\b|\bnot sure\b|\bnot found\b",
+    re.IGNORECASE,
+)
+
+
+def _is_empty(result: str | None) -> bool:
+    if result is None:
+        return True
+    if len(result) > 300:
+        return False
+    if _EMPTY_RX.fullmatch(result):
+        return True
+    s = result.strip()
+    if s[:1] in ("{", "["):
+        try:
+            value = json.loads(s)
+        except ValueError:
+            return False
+        if value in ([], {}, None, ""):
+            return True
+        # {"results": [], "total": 0}: every field empty or zero.
+        return isinstance(value, dict) and all(v in (None, "", 0, [], {}) for v in value.values())
+    return False
+
+
+def _is_error(call: ToolCall) -> bool:
+    return bool(call.error and call.error.strip()) or bool(
+        call.result and _ERROR_RESULT_RX.search(call.result[:2000]))
+
+
+def _answers(turn: Turn) -> bool:
+    """The turn's reply states an answer: long enough, no "couldn't find", not a question."""
+    reply = turn.reply_text.strip()
+    return len(reply) >= 20 and not _ADMITS_RX.search(reply) and not reply.endswith(("?", "？"))
+
+
+def _retrieval_rx(cfg: DiagnoseConfig) -> re.Pattern[str]:
+    return re.compile(cfg.retrieval_tool_pattern, re.IGNORECASE)
+
+
+def _tool_failures(thread: Thread, horizon: int | None, cfg: DiagnoseConfig
+                   ) -> dict[str, list[tuple[int, ToolCall, str]]]:
+    """tool name -> its failing calls up to ``horizon``: (turn index, call, "error" | "empty").
+
+    An empty result of a retrieval tool that the agent then answered from anyway is left to
+    ``ungrounded_answer``: the tool did its job (nothing matched), the answer is the defect.
+    """
+    rx = _retrieval_rx(cfg)
+    out: dict[str, list[tuple[int, ToolCall, str]]] = {}
+    for turn in _turns_upto(thread, horizon):
+        for call in sorted(turn.tool_calls, key=lambda c: c.seq):
+            if _is_error(call):
+                out.setdefault(call.name, []).append((turn.index, call, "error"))
+            elif _is_empty(call.result) and not (rx.search(call.name) and _answers(turn)):
+                out.setdefault(call.name, []).append((turn.index, call, "empty"))
+    return out
+
+
+def tool_failure(ctx: CellContext) -> Hypothesis | None:
+    """A tool's errors or empty results precede the failure in most affected sessions."""
+    cfg = ctx.config
+    per_thread = {t.thread_id: _tool_failures(t, ctx.horizon(t), cfg) for t in ctx.affected}
+    tools = sorted({name for f in per_thread.values() for name in f})
+    best: tuple[float, str, _Contrast] | None = None
+    for name in tools:
+        def failed(t: Thread, h: int | None, name: str = name) -> list[tuple[int, ToolCall, str]] | None:
+            return _tool_failures(t, h, cfg).get(name)
+
+        c = _contrast(ctx, failed)
+        # Tools are sorted, so on equal contrast the first name wins (deterministic).
+        if c.fires(cfg) and (best is None or c.support - c.baseline > best[0]):
+            best = (c.support - c.baseline, name, c)
+    if best is None:
+        return None
+    _, tool, c = best
+    calls = failures = errors = 0
+    for t in [*ctx.intent_threads, *ctx.other_threads]:
+        for turn in t.turns:
+            for call in turn.tool_calls:
+                if call.name != tool:
+                    continue
+                calls += 1
+                if _is_error(call):
+                    failures += 1
+                    errors += 1
+                elif _is_empty(call.result):
+                    failures += 1
+    samples: list[str] = []
+    tool_quotes: list[Evidence | None] = []
+    for t in ctx.affected:
+        hits = c.hits.get(t.thread_id)
+        if not hits:
+            continue
+        idx, call, _kind = hits[0]
+        text = (call.error or call.result or "").strip()
+        if text:
+            tool_quotes.append(_evidence(t, _clip(text, 0, 0, cfg.max_quote_chars), idx,
+                                         cfg.max_quote_chars))
+            if text[:120] not in samples and len(samples) < 3:
+                samples.append(text[:120])
+    rate = failures / calls if calls else 0.0
+    clause = (f"the `{tool}` tool fails before the failure (error or empty result in {len(c.hits)} "
+              f"of {c.n_affected} affected sessions, vs {_pct(c.baseline)} of the intent's other "
+              f"sessions; {_pct(rate)} of its {calls} calls fail)")
+    return Hypothesis(
+        failure_mode="tool_failure", clause=clause, confidence=c.confidence,
+        evidence=_collect_evidence(tool_quotes, (_signal_evidence(ctx, t) for t in ctx.affected
+                                                 if t.thread_id in c.hits), limit=cfg.max_evidence),
+        details={"tool": tool, "error_rate": round(rate, 4), "calls": calls, "failures": failures,
+                 "errors": errors, "empty_results": failures - errors,
+                 "support": round(c.support, 4), "baseline": round(c.baseline, 4),
+                 "sample_errors": samples},
+        prompt=modal_prompt(ctx),
+    )
+
+
+# --- (d) ungrounded answer ----------------------------------------------------------------------
+
+
+def _ungrounded_turns(thread: Thread, horizon: int | None, ctx: CellContext
+                      ) -> list[tuple[int, ToolCall | None, Turn]] | None:
+    rx = _retrieval_rx(ctx.config)
+    out: list[tuple[int, ToolCall | None, Turn]] = []
+    for turn in _turns_upto(thread, horizon):
+        empty = [c for c in sorted(turn.tool_calls, key=lambda c: c.seq)
+                 if rx.search(c.name) and not _is_error(c) and _is_empty(c.result)]
+        found = [c for c in turn.tool_calls
+                 if rx.search(c.name) and not _is_error(c) and not _is_empty(c.result)]
+        if empty and not found and _answers(turn):
+            out.append((turn.index, empty[0], turn))
+    signalled = {s.turn_index for s in ctx.signals_by_thread.get(thread.thread_id, [])
+                 if s.kind == "ungrounded" and (horizon is None or s.turn_index is None
+                                                or s.turn_index <= horizon)}
+    for idx in sorted(i for i in signalled - {i for i, _, _ in out} if i is not None):
+        sturn = _turn(thread, idx)
+        if sturn is not None:
+            out.append((idx, None, sturn))
+    return out or None
+
+
+def ungrounded_answer(ctx: CellContext) -> Hypothesis | None:
+    """The agent answered although retrieval returned nothing."""
+    cfg = ctx.config
+    c = _contrast(ctx, lambda t, h: _ungrounded_turns(t, h, ctx))
+    if not c.fires(cfg):
+        return None
+    tools: Counter[str] = Counter()
+    queries: list[Any] = []
+    replies: list[Evidence | None] = []
+    asks: list[Evidence | None] = []
+    for t in ctx.affected:
+        hits = c.hits.get(t.thread_id)
+        if not hits:
+            continue
+        idx, call, turn = hits[0]
+        if call is not None:
+            tools[call.name] += 1
+            if call.arguments is not None and len(queries) < 5 and call.arguments not in queries:
+                queries.append(call.arguments)
+        reply = turn.reply_text
+        if reply:
+            replies.append(_evidence(t, _clip(reply, 0, 0, cfg.max_quote_chars), idx, cfg.max_quote_chars))
+        user = next((m.content for m in turn.messages if m.role == "user" and m.content.strip()), "")
+        if user:
+            asks.append(_evidence(t, _clip(user, 0, 0, cfg.max_quote_chars), idx, cfg.max_quote_chars))
+    tool = min(tools, key=lambda n: (-tools[n], n)) if tools else None
+    named = f"`{tool}`" if tool else "retrieval"
+    example = f"; e.g. for {json.dumps(queries[0], ensure_ascii=False, default=str)}" if queries else ""
+    clause = (f"the agent answers although {named} returned nothing ({len(c.hits)} of "
+              f"{c.n_affected} affected sessions, vs {_pct(c.baseline)} of the intent's other "
+              f"sessions{example})")
+    return Hypothesis(
+        failure_mode="ungrounded_answer", clause=clause, confidence=c.confidence,
+        evidence=_collect_evidence(replies, asks, limit=cfg.max_evidence),
+        details={"tool": tool, "tools": dict(sorted(tools.items())), "queries": queries,
+                 "support": round(c.support, 4), "baseline": round(c.baseline, 4)},
+        prompt=modal_prompt(ctx),
+    )
+
+
+# --- (e) context loss ---------------------------------------------------------------------------
+
+
+def _turn_knee(ctx: CellContext) -> dict[str, Any] | None:
+    """Split the turn axis at the N where the failure hazard jumps most significantly.
+
+    Units at risk: each turn of a thread up to and including its first failure (a discrete-time
+    hazard, so the turns a frustrated user adds *after* failing do not count). When the signal
+    fires on the thread's last turn by construction (abandonment), each thread is one unit at its
+    last turn instead, which compares long with short threads; otherwise the natural end of
+    threads would look like "failures concentrate late".
+    """
+    cfg = ctx.config
+    threads = ctx.intent_threads
+    fails = ctx.failing_turn
+    known = [t for t in ctx.affected if fails.get(t.thread_id) is not None]
+    if len(known) < cfg.min_sessions:
+        return None
+    last = {t.thread_id: max((tt.index for tt in t.turns), default=0) for t in threads}
+    at_end = sum(fails[t.thread_id] == last[t.thread_id] for t in known) / len(known)
+    units: list[tuple[int, bool]] = []
+    for t in threads:
+        f = fails.get(t.thread_id)
+        if at_end >= 0.8:
+            units.append((f if f is not None else last[t.thread_id], t.thread_id in fails))
+        else:
+            stop = f if f is not None else last[t.thread_id]
+            units.extend((tt.index, tt.index == f) for tt in t.turns if tt.index <= stop)
+    max_idx = max((i for i, _ in units), default=0)
+    candidates = [cfg.context_turn_threshold] if cfg.context_turn_threshold is not None \
+        else list(range(1, max_idx + 1))
+    best: dict[str, Any] | None = None
+    for n in candidates:
+        late = [f for i, f in units if i >= n]
+        early = [f for i, f in units if i < n]
+        if not late or not early:
+            continue
+        fl, fe = sum(late), sum(early)
+        if fl < cfg.min_sessions:
+            continue
+        p = float(fisher_exact([[fl, len(late) - fl], [fe, len(early) - fe]], alternative="greater")[1])
+        row = {"turn_threshold": n, "late_failures": fl, "late_units": len(late),
+               "early_failures": fe, "early_units": len(early), "p_value": p,
+               "late_rate": fl / len(late), "early_rate": fe / len(early),
+               "unit": "thread" if at_end >= 0.8 else "turn"}
+        if best is None or p < best["p_value"]:
+            best = row
+    if best is None:
+        return None
+    best["p_adjusted"] = min(1.0, best["p_value"] * len(candidates))
+    ratio = best["late_rate"] / max(best["early_rate"], 0.5 / best["early_units"])
+    best["hazard_ratio"] = round(ratio, 3)
+    late_share = sum(fails[t.thread_id] >= best["turn_threshold"] for t in known) / len(ctx.affected)
+    best["late_share"] = round(late_share, 4)
+    if (best["p_adjusted"] > cfg.alpha or ratio < cfg.context_min_ratio
+            or late_share < cfg.min_support):
+        return None
+    return best
+
+
+def _near_limit(thread: Thread, horizon: int | None, cfg: DiagnoseConfig) -> tuple[int, int, int] | None:
+    """(turn index, input tokens, budget) of the first call near the context limit."""
+    for turn in _turns_upto(thread, horizon):
+        for call in turn.llm_calls:
+            budget = cfg.context_budget(call.model)
+            if call.input_tokens is not None and call.input_tokens >= cfg.context_token_fraction * budget:
+                return turn.index, call.input_tokens, budget
+    return None
+
+
+def context_loss(ctx: CellContext) -> Hypothesis | None:
+    """Failures concentrate late in long conversations, or near the model's context limit."""
+    cfg = ctx.config
+    knee = _turn_knee(ctx)
+    tokens = _contrast(ctx, lambda t, h: _near_limit(t, h, cfg))
+    token_fires = tokens.fires(cfg)
+    if knee is None and not token_fires:
+        return None
+    parts: list[str] = []
+    details: dict[str, Any] = {}
+    late_ev: list[Evidence | None] = []
+    if knee is not None:
+        n = knee["turn_threshold"]
+        parts.append(f"failures concentrate after {n} turns ({_pct(knee['late_rate'])} of "
+                     f"{knee['unit']}s from turn {n + 1} on fail vs {_pct(knee['early_rate'])} "
+                     f"before; p={knee['p_adjusted']:.2g})")
+        details.update(knee)
+        late_ev = [_signal_evidence(ctx, t) for t in ctx.affected
+                   if (f := ctx.failing_turn.get(t.thread_id)) is not None and f >= n]
+    token_ev: list[Evidence | None] = []
+    if token_fires:
+        peak = max(v[1] for v in tokens.hits.values())
+        budget = max(v[2] for v in tokens.hits.values())
+        parts.append(f"the failing calls run near the context limit ({len(tokens.hits)} of "
+                     f"{tokens.n_affected} affected sessions at >= {_pct(cfg.context_token_fraction)} "
+                     f"of a {budget}-token budget, peak {peak})")
+        details.update(near_limit_support=round(tokens.support, 4),
+                       near_limit_baseline=round(tokens.baseline, 4),
+                       max_input_tokens=peak, context_budget=budget)
+        for t in ctx.affected:
+            hit = tokens.hits.get(t.thread_id)
+            turn = _turn(t, hit[0]) if hit else None
+            if turn is not None and turn.user_text.strip():
+                token_ev.append(_evidence(t, _clip(turn.user_text, 0, 0, cfg.max_quote_chars),
+                                          turn.index, cfg.max_quote_chars))
+    conf = [tokens.confidence] if token_fires else []
+    if knee is not None:
+        conf.append(round(knee["late_share"] * (1 - knee["p_adjusted"]), 3))
+    return Hypothesis(
+        failure_mode="context_loss", clause="; ".join(parts), confidence=max(conf),
+        evidence=_collect_evidence(late_ev, token_ev, limit=cfg.max_evidence),
+        details=details, prompt=modal_prompt(ctx),
+    )
+
+
+# --- (f) loop stall -----------------------------------------------------------------------------
+
+
+def _canonical(args: Any) -> str:
+    value = args
+    if isinstance(args, str):
+        try:
+            value = json.loads(args)
+        except ValueError:
+            return args.strip()
+    return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _stall(thread: Thread, horizon: int | None, ctx: CellContext) -> dict[str, Any] | None:
+    counts: Counter[tuple[str, str]] = Counter()
+    first: dict[tuple[str, str], tuple[int, Any]] = {}
+    for turn in _turns_upto(thread, horizon):
+        for call in sorted(turn.tool_calls, key=lambda c: c.seq):
+            key = (call.name, _canonical(call.arguments))
+            counts[key] += 1
+            first.setdefault(key, (turn.index, call.arguments))
+    if counts:
+        key, n = max(sorted(counts.items()), key=lambda kv: kv[1])
+        if n >= ctx.config.repeated_tool_calls:
+            return {"tool": key[0], "arguments": first[key][1], "calls": n, "turn_index": first[key][0]}
+    stalls = [s for s in ctx.signals_by_thread.get(thread.thread_id, [])
+              if s.kind == "stall" and (horizon is None or s.turn_index is None or s.turn_index <= horizon)]
+    if stalls:
+        return {"tool": stalls[0].details.get("tool"), "arguments": stalls[0].details.get("arguments"),
+                "calls": stalls[0].details.get("calls"), "turn_index": stalls[0].turn_index,
+                "stall_signal": stalls[0].details.get("reason", "stall")}
+    return None
+
+
+def loop_stall(ctx: CellContext) -> Hypothesis | None:
+    """The agent calls the same tool with the same arguments again and again (or stalls)."""
+    cfg = ctx.config
+    c = _contrast(ctx, lambda t, h: _stall(t, h, ctx))
+    if not c.fires(cfg):
+        return None
+    loops: Counter[str] = Counter(h["tool"] for h in c.hits.values() if h.get("tool"))
+    tool = min(loops, key=lambda n: (-loops[n], n)) if loops else None
+    sample = next((h for h in c.hits.values() if h.get("tool") == tool), None) if tool else None
+    if tool and sample is not None:
+        calls = max(h["calls"] or 0 for h in c.hits.values() if h.get("tool") == tool)
+        args = json.dumps(sample["arguments"], ensure_ascii=False, default=str)
+        clause = (f"the agent loops: `{tool}` is called up to {calls}x with the same arguments "
+                  f"({args}) in {len(c.hits)} of {c.n_affected} affected sessions")
+    else:
+        clause = f"the conversation stalls ({len(c.hits)} of {c.n_affected} affected sessions)"
+    ev: list[Evidence | None] = []
+    for t in ctx.affected:
+        hit = c.hits.get(t.thread_id)
+        turn = _turn(t, hit["turn_index"]) if hit and hit.get("turn_index") is not None else None
+        if turn is not None and turn.user_text.strip():
+            ev.append(_evidence(t, _clip(turn.user_text, 0, 0, cfg.max_quote_chars), turn.index,
+                                cfg.max_quote_chars))
+    return Hypothesis(
+        failure_mode="loop_stall", clause=clause, confidence=c.confidence,
+        evidence=_collect_evidence(ev, (_signal_evidence(ctx, t) for t in ctx.affected
+                                        if t.thread_id in c.hits), limit=cfg.max_evidence),
+        details={"tool": tool, "arguments": sample["arguments"] if sample else None,
+                 "support": round(c.support, 4), "baseline": round(c.baseline, 4)},
+        prompt=modal_prompt(ctx),
+    )
+
+
+# --- all of them --------------------------------------------------------------------------------
+
+HYPOTHESES: tuple[tuple[str, Callable[[CellContext], Hypothesis | None]], ...] = (
+    ("coverage_gap", coverage_gap),
+    ("regression", regression),
+    ("tool_failure", tool_failure),
+    ("ungrounded_answer", ungrounded_answer),
+    ("context_loss", context_loss),
+    ("loop_stall", loop_stall),
+)
+"""The built-in hypotheses, in the order they are tried (and reported on ties)."""
+
+
+def explain(ctx: CellContext) -> list[Hypothesis]:
+    """Every hypothesis that fires for the cell, or one ``unexplained`` with the numbers only."""
+    fired = [h for _, fn in HYPOTHESES if (h := fn(ctx)) is not None]
+    if fired:
+        return fired
+    return [Hypothesis(
+        failure_mode="unexplained",
+        clause="no root-cause hypothesis matched",
+        confidence=0.0,
+        evidence=_collect_evidence((_signal_evidence(ctx, t) for t in ctx.affected),
+                                   limit=ctx.config.max_evidence),
+        details={},
+        prompt=modal_prompt(ctx),
+    )]
