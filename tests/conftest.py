@@ -32,17 +32,42 @@ def _pg_bin() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A URL to a real PostgreSQL server on loopback, started for this test session.
+class PgServer:
+    """A real PostgreSQL server in a temporary directory (stop/start it to inject faults)."""
 
-    Uses ``$LOOP_TEST_POSTGRES_URL`` when set. Otherwise runs ``initdb`` + ``pg_ctl`` in a
-    temporary directory (as the ``postgres`` user when we are root). Skips with a reason only
-    when no server can be started locally, and never in CI (``CI=true``), where it fails.
+    def __init__(self, bindir: Path, base: Path, prefix: list[str], port: int) -> None:
+        self.bindir, self.base, self.prefix, self.port = bindir, base, prefix, port
+        self.data, self.sock = base / "data", base / "sock"
+        self.url = f"postgresql+psycopg://loop@127.0.0.1:{port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.data), *args],
+                       check=True, capture_output=True, timeout=120)
+
+    def init(self) -> None:
+        subprocess.run(
+            [*self.prefix, str(self.bindir / "initdb"), "-D", str(self.data), "-U", "loop",
+             "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8"],
+            check=True, capture_output=True, timeout=120,
+        )
+
+    def start(self) -> None:
+        self._ctl("-l", str(self.base / "log"), "-w", "-o",
+                  f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off",
+                  "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "-w", "stop")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server on loopback, started for this test session.
+
+    Runs ``initdb`` + ``pg_ctl`` in a temporary directory (as the ``postgres`` user when we are
+    root). Skips with a reason only when no server can be started locally, and never in CI
+    (``CI=true``), where it fails.
     """
-    if os.environ.get("LOOP_TEST_POSTGRES_URL"):
-        yield os.environ["LOOP_TEST_POSTGRES_URL"]
-        return
     bindir = _pg_bin()
 
     def unavailable(reason: str) -> None:
@@ -54,37 +79,44 @@ def postgres_url() -> Iterator[str]:
         unavailable("initdb not found (apt-get install postgresql)")
         return
     base = Path(tempfile.mkdtemp(prefix="loop-pg-"))
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
+    (base / "sock").mkdir()
     prefix: list[str] = []
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
-        shutil.chown(sock, "postgres")
+        shutil.chown(base / "sock", "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    server = PgServer(bindir, base, prefix, _free_port())
     try:
-        subprocess.run(
-            [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "loop", "-A", "trust",
-             "-E", "UTF8", "--locale=C.UTF-8"],
-            check=True, capture_output=True, timeout=120,
-        )
-        subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w",
-             "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-            check=True, capture_output=True, timeout=120,
-        )
+        server.init()
+        server.start()
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         out = getattr(exc, "stderr", b"") or b""
         unavailable(f"{exc}: {out.decode(errors='replace')[-500:]}")
         return
-    url = f"postgresql+psycopg://loop@127.0.0.1:{port}/postgres"
-    os.environ["LOOP_TEST_PG_CTL"] = " ".join([*prefix, str(bindir / "pg_ctl"), "-D", str(data)])
     try:
-        yield url
+        yield server
     finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(server.data), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60, check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(pg_server: PgServer) -> str:
+    """The URL of the session's PostgreSQL server (``$LOOP_TEST_POSTGRES_URL`` is not used:
+    tests stop and start the server they own)."""
+    return pg_server.url
+
+
+def new_pg_database(base_url: str) -> str:
+    """A fresh, empty database on the server of ``base_url``."""
+    import psycopg
+
+    name = f"loop_test_{os.getpid()}_{next(_counter)}"
+    dsn = base_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return base_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 _counter = iter(range(10**9))
@@ -95,15 +127,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each store test runs against a SQLite file and a real PostgreSQL database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'loop.db'}"
-    base = request.getfixturevalue("postgres_url")
-    # A fresh database per test keeps tests independent.
-    import psycopg
-
-    name = f"loop_test_{os.getpid()}_{next(_counter)}"
-    dsn = base.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return base.rsplit("/", 1)[0] + f"/{name}"
+    return new_pg_database(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

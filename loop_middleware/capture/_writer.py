@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 import weakref
@@ -120,10 +121,14 @@ class BackgroundWriter:
         self.retry_interval = retry_interval
         self.stats = WriterStats()
         self._q: queue.Queue[RowSource | threading.Event | None] = queue.Queue(maxsize=max_queue)
-        self._spool_lock = threading.Lock()
+        self._overflow_lock = threading.Lock()
+        self._memory_lock = threading.Lock()
         self._memory_fallback: list[Row] = []  # only when even the spool file cannot be written
-        self._spool_pending = self.spool_path.exists() and self.spool_path.stat().st_size > 0
+        # Rows left by an earlier process are replayed as soon as the store answers.
+        self._spool_pending = bool(self.spool_files)
         self._last_retry = 0.0
+        self._last_failure = 0.0
+        self._unsynced = False  # overflow appends waiting for the writer's fsync
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="loop-middleware-writer", daemon=True)
         self._thread.start()
@@ -140,9 +145,10 @@ class BackgroundWriter:
         try:
             self._q.put_nowait(source)
         except queue.Full:
-            # Memory stays bounded: the record goes to disk from this thread instead.
+            # Memory stays bounded: the record goes to disk from this thread instead. No fsync
+            # here (it would block the host for milliseconds); the writer fsyncs in batches.
             try:
-                self._spool(source())
+                self._overflow(source())
             except Exception:
                 self.stats.errors += 1
                 logger.exception("loop-middleware: could not spool a record")
@@ -170,6 +176,13 @@ class BackgroundWriter:
         _LIVE.discard(self)
 
     @property
+    def spool_files(self) -> list[Path]:
+        """The spool files on disk now (spool, overflow, and a replay in progress or deferred)."""
+        rotating = self._overflow_path.with_name(self._overflow_path.name + ".rotating")
+        paths = (self.spool_path, self._overflow_path, rotating, self._replay_path)
+        return [p for p in paths if p.exists()]
+
+    @property
     def pending_spool(self) -> bool:
         """True while spooled rows wait for the store to come back."""
         return self._spool_pending
@@ -181,7 +194,7 @@ class BackgroundWriter:
             try:
                 first = self._q.get(timeout=self.retry_interval if self._spool_pending else None)
             except queue.Empty:
-                self._maybe_replay(force=True)
+                self._maybe_replay()
                 continue
             items = [first]
             deadline = time.monotonic() + self.flush_interval
@@ -209,32 +222,42 @@ class BackgroundWriter:
                     except Exception:
                         self.stats.errors += 1
                         logger.exception("loop-middleware: could not convert a captured record")
+            if self._unsynced:
+                self._fsync_overflow()
             if rows:
                 self._write(rows)
-            elif markers:
-                self._maybe_replay(force=True)
+            if markers:
+                # Someone waits in flush(): try the spool now rather than at the next retry tick.
+                self._maybe_replay()
             for m in markers:
                 m.set()
             if stop:
                 return
 
     def _write(self, rows: list[Row]) -> None:
-        if self._spool_pending and not self._maybe_replay(force=False):
-            # Keep order: the store is still down, so new rows queue behind the spooled ones.
-            self._spool(rows)
-            return
+        if self._spool_pending:
+            # Retry the spool now unless the store failed moments ago (then back off).
+            healthy = time.monotonic() - self._last_failure >= self.retry_interval
+            if not healthy or not self._maybe_replay():
+                # Keep order: new rows queue behind the spooled ones until the store is back.
+                self._spool(rows)
+                return
         try:
             self.store.write_rows(rows)
             self.stats.written += len(rows)
             self.stats.batches += 1
         except StoreError as exc:
-            self.stats.write_failures += 1
+            self._failed()
             logger.warning("loop-middleware: store unavailable, spooling %d rows: %s", len(rows), exc)
             self._spool(rows)
-        except Exception:
-            self.stats.write_failures += 1
+        except Exception:  # noqa: BLE001
+            self._failed()
             logger.exception("loop-middleware: unexpected write error, spooling %d rows", len(rows))
             self._spool(rows)
+
+    def _failed(self) -> None:
+        self.stats.write_failures += 1
+        self._last_failure = time.monotonic()
 
     def _write_now(self, source: RowSource) -> None:
         try:
@@ -243,67 +266,142 @@ class BackgroundWriter:
                 self.store.write_rows(rows)
                 self.stats.written += len(rows)
             except Exception:  # noqa: BLE001
-                self._spool(rows)
-        except Exception:
+                self._overflow(rows)
+        except Exception:  # noqa: BLE001
             self.stats.errors += 1
             logger.exception("loop-middleware: record after close could not be saved")
 
+    # --- the spool --------------------------------------------------------------------------
+    # Three files beside each other:
+    #   <spool>            written by the writer thread only (fsync'd per batch, no lock);
+    #   <spool>.overflow   appended by host threads when the queue is full (a short lock, no
+    #                      fsync: the writer fsyncs it in batches), so a host never waits on I/O
+    #                      another thread started;
+    #   <spool>.replaying  rows being (or failing to be) replayed into the store.
+
+    @property
+    def _overflow_path(self) -> Path:
+        return self.spool_path.with_name(self.spool_path.name + ".overflow")
+
+    @property
+    def _replay_path(self) -> Path:
+        return self.spool_path.with_name(self.spool_path.name + ".replaying")
+
+    @staticmethod
+    def _append(path: Path, rows: list[Row], *, sync: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = "".join(json.dumps([t, v], default=_json_default) + "\n" for t, v in rows)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+
     def _spool(self, rows: list[Row]) -> None:
-        with self._spool_lock:
+        """Writer thread: append rows to its own spool file, fsync'd."""
+        try:
+            self._append(self.spool_path, rows, sync=True)
+            self.stats.spooled += len(rows)
+        except OSError as exc:
+            self._hold_in_memory(rows, exc)
+        self._spool_pending = True
+
+    def _overflow(self, rows: list[Row]) -> None:
+        """Host thread: the queue is full; append to the overflow file (no fsync)."""
+        with self._overflow_lock:
             try:
-                self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-                with self.spool_path.open("a", encoding="utf-8") as f:
-                    for table, values in rows:
-                        f.write(json.dumps([table, values], default=_json_default) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                self._append(self._overflow_path, rows, sync=False)
                 self.stats.spooled += len(rows)
+                self._unsynced = True
             except OSError as exc:
-                # Disk full or unwritable: hold in memory (bounded by the queue upstream) and
-                # say so loudly; the next replay retries them first.
-                self._memory_fallback.extend(rows)
-                self.stats.errors += 1
-                logger.error("loop-middleware: spool %s unwritable (%s); %d rows held in memory",
-                             self.spool_path, exc, len(self._memory_fallback))
+                self._hold_in_memory(rows, exc)
             self._spool_pending = True
 
-    def _maybe_replay(self, *, force: bool) -> bool:
-        """Try to move spooled rows into the store. True when nothing is left pending."""
+    def _hold_in_memory(self, rows: list[Row], exc: OSError) -> None:
+        # Disk full or unwritable: hold the rows (bounded upstream by the queue) and say so
+        # loudly; the next replay writes them first.
+        with self._memory_lock:
+            self._memory_fallback.extend(rows)
+            held = len(self._memory_fallback)
+        self.stats.errors += 1
+        logger.error("loop-middleware: spool %s unwritable (%s); %d rows held in memory",
+                     self.spool_path, exc, held)
+
+    def _fsync_overflow(self) -> None:
+        self._unsynced = False
+        try:
+            fd = os.open(self._overflow_path, os.O_RDONLY)
+        except OSError:
+            return  # rotated away or not there: nothing to sync
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            logger.debug("loop-middleware: overflow fsync failed: %s", exc)
+        finally:
+            os.close(fd)
+
+    def _maybe_replay(self) -> bool:
+        """Move spooled rows into the store (writer thread). True when nothing is left pending."""
         if not self._spool_pending:
             return True
-        now = time.monotonic()
-        if not force and now - self._last_retry < self.retry_interval:
+        self._last_retry = time.monotonic()
+        replay = self._replay_path
+        rotating = self._overflow_path.with_name(self._overflow_path.name + ".rotating")
+        try:
+            with self._overflow_lock:  # held only for a rename
+                if self._overflow_path.exists():
+                    os.replace(self._overflow_path, rotating)
+                    self._unsynced = False
+            for src in (self.spool_path, rotating):
+                if src.exists():
+                    if replay.exists():  # an earlier replay failed: its rows stay first
+                        with replay.open("ab") as dst, src.open("rb") as f:
+                            shutil.copyfileobj(f, dst)
+                            dst.flush()
+                            os.fsync(dst.fileno())
+                        src.unlink()
+                    else:
+                        os.replace(src, replay)
+        except OSError as exc:
+            logger.error("loop-middleware: cannot rotate spool %s: %s", self.spool_path, exc)
             return False
-        self._last_retry = now
-        with self._spool_lock:
-            rows: list[Row] = list(self._memory_fallback)
-            if self.spool_path.exists():
-                try:
-                    with self.spool_path.open(encoding="utf-8") as f:
-                        for line in f:
-                            if line.strip():
-                                table, values = json.loads(line)
-                                rows.append((table, _revive(values)))
-                except (OSError, ValueError) as exc:
-                    logger.error("loop-middleware: cannot read spool %s: %s", self.spool_path, exc)
-                    return False
-            try:
-                for i in range(0, len(rows), self.batch_size):
-                    self.store.write_rows(rows[i : i + self.batch_size])
-            except Exception as exc:  # noqa: BLE001
-                logger.debug("loop-middleware: replay deferred, store still down: %s", exc)
-                return False
-            # Written (idempotently) — only now is it safe to drop the spool.
-            try:
-                self.spool_path.unlink(missing_ok=True)
-            except OSError:
-                self.spool_path.write_text("")
+        with self._memory_lock:
+            memory = list(self._memory_fallback)
             self._memory_fallback.clear()
-            self.stats.replayed += len(rows)
-            self.stats.written += len(rows)
-            self._spool_pending = False
-            logger.info("loop-middleware: store back, replayed %d spooled rows", len(rows))
-            return True
+        rows: list[Row] = []
+        if replay.exists():
+            try:
+                with replay.open(encoding="utf-8") as f:
+                    for line in f:
+                        if line.strip():
+                            table, values = json.loads(line)
+                            rows.append((table, _revive(values)))
+            except (OSError, ValueError) as exc:
+                logger.error("loop-middleware: cannot read spool %s: %s", replay, exc)
+                self._restore_memory(memory)
+                return False
+        rows.extend(memory)
+        try:
+            for i in range(0, len(rows), self.batch_size):
+                self.store.write_rows(rows[i : i + self.batch_size])
+        except Exception as exc:  # noqa: BLE001
+            self._last_failure = time.monotonic()
+            logger.debug("loop-middleware: replay deferred, store still down: %s", exc)
+            self._restore_memory(memory)
+            return False
+        # Written (idempotent upserts): only now is it safe to drop the replayed rows.
+        replay.unlink(missing_ok=True)
+        self.stats.replayed += len(rows)
+        self.stats.written += len(rows)
+        with self._overflow_lock, self._memory_lock:
+            self._spool_pending = bool(self.spool_files) or bool(self._memory_fallback)
+        if rows:
+            logger.info("loop-middleware: store reachable, replayed %d spooled rows", len(rows))
+        return not self._spool_pending
+
+    def _restore_memory(self, memory: list[Row]) -> None:
+        with self._memory_lock:
+            self._memory_fallback[:0] = memory
 
 
 def _json_default(value: Any) -> Any:

@@ -70,7 +70,7 @@ def test_since_filter_and_limit(sqlite_url: str) -> None:
 
 
 def test_bad_urls_give_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="invalid database URL|driver"):
+    with pytest.raises(ConfigError, match=r"invalid database URL|driver"):
         Store("nosuchdb+driver://x/y")
     with pytest.raises(StoreError, match="cannot open store"):
         Store("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
