@@ -99,6 +99,7 @@ def diagnose(
         if s.thread_id in known:
             signals_by_thread.setdefault(s.thread_id, []).append(s)
 
+    shared: dict[str, Any] = {}
     groups: dict[tuple[str | None, str], list[tuple[CellStat, Hypothesis]]] = {}
     for cell in cells:  # already in rank order: the first member of a group is its primary
         intent_threads = members.get(cell.intent_id, [])
@@ -106,7 +107,7 @@ def diagnose(
         ctx = CellContext(cell=cell, intent=intents_by_id.get(cell.intent_id or ""),
                           intent_threads=intent_threads,
                           other_threads=[t for t in threads if t.thread_id not in in_ids],
-                          signals_by_thread=signals_by_thread, config=cfg)
+                          signals_by_thread=signals_by_thread, config=cfg, shared=shared)
         for h in explain(ctx):
             groups.setdefault((cell.intent_id, h.failure_mode), []).append((cell, h))
 

@@ -90,6 +90,9 @@ class CellContext:
     signals_by_thread: Mapping[str, list[Signal]]
     """All signals (every kind) per thread id."""
     config: DiagnoseConfig
+    shared: dict[str, Any] = field(default_factory=dict)
+    """A cache shared by the cells of one run (per-thread content words), so a run over many
+    cells tokenises each thread once."""
     failing_turn: dict[str, int | None] = field(default_factory=dict)
     """Affected thread id -> first turn index with the cell's signal (``None``: not tied to a turn,
     the whole thread counts as *before* the failure)."""
@@ -432,6 +435,8 @@ def key_terms(ctx: CellContext) -> list[tuple[str, list[str]]]:
             seen.add(tuple(stems))
             terms.append((phrase.strip(), stems))
 
+    words_of: dict[str, dict[str, str]] = ctx.shared.setdefault("opening_words", {})
+
     def doc_freq(threads: Sequence[Thread]) -> tuple[Counter[str], dict[str, Counter[str]]]:
         df: Counter[str] = Counter()
         surface: dict[str, Counter[str]] = {}
@@ -439,7 +444,9 @@ def key_terms(ctx: CellContext) -> list[tuple[str, list[str]]]:
             # Opening requests only: they say what the conversation is about. Later user
             # messages are dominated by reactions to the failure ("I want a real person"),
             # which are symptoms, not the topic the prompt should cover.
-            words = _content_stems(t.opening_request, cfg.stopwords)
+            words = words_of.get(t.thread_id)
+            if words is None:
+                words = words_of[t.thread_id] = _content_stems(t.opening_request, cfg.stopwords)
             df.update(words.keys())
             for s, w in words.items():
                 surface.setdefault(s, Counter())[w] += 1
@@ -840,8 +847,13 @@ def _turn_knee(ctx: CellContext) -> dict[str, Any] | None:
     fires on the thread's last turn by construction (abandonment), each thread is one unit at its
     last turn instead, which compares long with short threads; otherwise the natural end of
     threads would look like "failures concentrate late".
+
+    Every candidate N gets a one-sided Fisher test (late vs early units); the smallest p wins,
+    the earliest N on ties, and the p-value is Bonferroni-corrected over the candidates.
     """
     cfg = ctx.config
+    if ctx.cell.signal in cfg.context_knee_excluded_signals:
+        return None
     threads = ctx.intent_threads
     fails = ctx.failing_turn
     known = [t for t in ctx.affected if fails.get(t.thread_id) is not None]

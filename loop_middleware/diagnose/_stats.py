@@ -163,6 +163,9 @@ class DiagnoseConfig(BaseModel):
     # --- context_loss -----------------------------------------------------------------------------
     context_turn_threshold: int | None = None
     """Fixed turn index N for "failures concentrate past turn N"; ``None`` searches the knee."""
+    context_knee_excluded_signals: frozenset[str] = frozenset({"stall"})
+    """Signal kinds left out of the turn-knee test because a turn-count rule places them (the
+    ``stall`` detector fires at turn ``max_turns``), so they sit late in threads by construction."""
     context_min_ratio: float = 3.0
     """Failure rate of threads longer than N must be at least this multiple of the shorter ones'."""
     context_token_fraction: float = 0.8

@@ -699,3 +699,62 @@ def test_stemmer_conflates_inflections() -> None:
     assert {stem(w) for w in ("charge", "charges", "charged", "charging")} == {"charg"}
     assert stem("cancelled") == stem("cancel") and stem("policies") == stem("policy")
     assert stem("address") == stem("addresses") and stem("bus") == "bus"
+
+
+def variable_length_store(abandon_long_only: bool
+                          ) -> tuple[list[Thread], list[Signal], dict[str, str | None]]:
+    """Account threads of 2 to 10 turns; half are abandoned (the signal sits on the last turn)."""
+    threads: list[Thread] = []
+    signals: list[Signal] = []
+    for i in range(40):
+        length = 2 + i % 9 if not abandon_long_only else (9 + i % 2 if i < 20 else 2 + i % 4)
+        th = thread(f"var-{i:02d}", *[T(CHAT[k], "Done, I have updated that for you.")
+                                      for k in range(length)])
+        threads.append(th)
+        abandoned = (i < 20) if abandon_long_only else (i % 2 == 0)
+        if abandoned:
+            signals.append(sig(th, "abandonment", length - 1))
+    others = plain("tr", TRACKING_ASKS, 40)
+    signals.append(sig(others[2], "abandonment", 1))
+    assignments = {**assign(threads, "password"), **assign(others, "tracking")}
+    return threads + others, signals, assignments
+
+
+def test_context_loss_compares_threads_for_end_of_thread_signals() -> None:
+    # Abandonment is on the last turn by construction: threads ending late must not look like
+    # "failures concentrate late" unless long threads really are abandoned more.
+    threads, signals, assignments = variable_length_store(abandon_long_only=False)
+    ds = diagnose(threads, signals, list(INTENTS.values()), assignments)
+    assert any(d.intent_id == "int-password" for d in ds)
+    assert all(d.failure_mode != "context_loss" for d in ds)
+    threads, signals, assignments = variable_length_store(abandon_long_only=True)
+    d = next(d for d in diagnose(threads, signals, list(INTENTS.values()), assignments)
+             if d.failure_mode == "context_loss")
+    assert d.details["unit"] == "thread"
+    # Short threads end at turn index 1-4, the abandoned long ones at 8-9: every N from 5 to 8
+    # splits them perfectly, and the earliest such knee is reported.
+    assert d.details["turn_threshold"] == 5
+    assert (d.details["late_failures"], d.details["late_units"]) == (20, 20)
+    assert (d.details["early_failures"], d.details["early_units"]) == (0, 20)
+
+
+def test_stall_signals_placed_by_a_turn_count_rule_are_not_a_turn_knee() -> None:
+    # The stall detector fires at turn max_turns of every long thread: late by construction.
+    threads, _, assignments = long_store([])
+    long = [t for t in threads if t.thread_id.startswith("acct-")]
+    signals = [sig(t, "stall", 8) for t in long[:15]]
+    ds = diagnose(threads, signals, list(INTENTS.values()), assignments)
+    assert any(d.signal == "stall" for d in ds)
+    assert all(d.failure_mode != "context_loss" for d in ds)
+
+
+def test_non_verbatim_signal_evidence_is_replaced_by_a_quote_from_the_thread() -> None:
+    threads, signals, assignments = refund_store(SUPPORT_WITH_REFUNDS)
+    # A sloppy detector paraphrased its evidence: it must not reach a diagnosis.
+    signals = [s.model_copy(update={"evidence": "user was refused a refund (paraphrase)"})
+               if s.kind == "refusal" else s for s in signals]
+    ds = diagnose(threads, signals, list(INTENTS.values()), assignments)
+    d = next(d for d in ds if d.intent_id == "int-refund")
+    assert all("paraphrase" not in e.quote for e in d.evidence)
+    assert_verbatim(ds, threads)
+    assert all(d.model_dump_json() for d in ds)  # details serialise for reports
