@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -17,19 +18,28 @@ from sqlmodel import Session, SQLModel, create_engine
 
 from ..errors import ConfigError, StoreError
 from ..types import (
+    Diagnosis,
     Feedback,
+    Fix,
+    Intent,
     LLMCall,
     Message,
     PromptVersion,
+    Signal,
     Thread,
     ToolCall,
     Turn,
 )
 from ._tables import (
+    DiagnosisRow,
     FeedbackRow,
+    FixRow,
+    IntentAssignmentRow,
+    IntentRow,
     LLMCallRow,
     MetaRow,
     PromptVersionRow,
+    SignalRow,
     ThreadRow,
     ToolCallRow,
     TurnRow,
@@ -48,6 +58,11 @@ TABLES: dict[str, type[SQLModel]] = {
     "tool_call": ToolCallRow,
     "prompt_version": PromptVersionRow,
     "feedback": FeedbackRow,
+    "signal": SignalRow,
+    "intent": IntentRow,
+    "intent_assignment": IntentAssignmentRow,
+    "diagnosis": DiagnosisRow,
+    "fix": FixRow,
 }
 
 # Columns an upsert must not overwrite once set (the first sighting wins).
@@ -361,6 +376,96 @@ class Store:
                           git_commit=r.git_commit, git_dirty=r.git_dirty)
             for r in rows
         ]
+
+    # --- results of later stages -----------------------------------------------------------
+
+    def save_signals(self, thread_ids: Iterable[str], signals: Iterable[Signal]) -> None:
+        """Replace the signals of ``thread_ids`` with ``signals`` (one transaction)."""
+        from sqlalchemy import delete
+
+        ids = list(thread_ids)
+        rows = []
+        for i, sig in enumerate(signals):
+            key = f"{sig.thread_id}|{sig.kind}|{sig.turn_index}|{i}"
+            rows.append({"id": hashlib.sha256(key.encode()).hexdigest()[:32], "thread_id": sig.thread_id,
+                         "kind": sig.kind, "turn_index": sig.turn_index,
+                         "payload": sig.model_dump(mode="json")})
+        try:
+            with self.engine.begin() as conn:
+                for i in range(0, len(ids), 500):
+                    conn.execute(delete(SignalRow.__table__).where(  # type: ignore[attr-defined]
+                        SignalRow.__table__.c.thread_id.in_(ids[i : i + 500])))  # type: ignore[attr-defined]
+                for i in range(0, len(rows), 500):
+                    self._upsert(conn, "signal", rows[i : i + 500])
+        except SQLAlchemyError as exc:
+            raise StoreError(f"saving signals to {self.safe_url} failed: {exc}") from exc
+
+    def load_signals(self, *, thread_ids: Iterable[str] | None = None) -> list[Signal]:
+        """Stored signals (all, or of ``thread_ids``)."""
+        q = select(SignalRow.__table__.c.payload)  # type: ignore[attr-defined]
+        if thread_ids is not None:
+            q = q.where(SignalRow.__table__.c.thread_id.in_(list(thread_ids)))  # type: ignore[attr-defined]
+        with self.session() as s:
+            return [Signal.model_validate(r[0]) for r in s.execute(q).all()]
+
+    def save_intents(self, intents: Iterable[Intent]) -> None:
+        """Upsert intents (ids are stable across runs)."""
+        rows = [("intent", {"id": it.id, "category": it.category, "parent_id": it.parent_id,
+                            "payload": it.model_dump(mode="json")}) for it in intents]
+        if rows:
+            self.write_rows(rows)
+
+    def load_intents(self) -> list[Intent]:
+        """Every stored intent and sub-intent."""
+        with self.session() as s:
+            rows = s.execute(select(IntentRow.__table__.c.payload)).all()  # type: ignore[attr-defined]
+        return [Intent.model_validate(r[0]) for r in rows]
+
+    def save_assignments(self, assignments: dict[str, tuple[str | None, str | None]]) -> None:
+        """Upsert ``thread_id -> (intent id, sub-intent id)``."""
+        rows = [("intent_assignment", {"thread_id": t, "intent_id": a, "sub_intent_id": b})
+                for t, (a, b) in assignments.items()]
+        for i in range(0, len(rows), 500):
+            self.write_rows(rows[i : i + 500])
+
+    def load_assignments(self, *, leaf: bool = False) -> dict[str, str | None]:
+        """``thread_id -> intent id`` (the sub-intent when ``leaf`` and there is one)."""
+        t = IntentAssignmentRow.__table__.c  # type: ignore[attr-defined]
+        with self.session() as s:
+            rows = s.execute(select(t.thread_id, t.intent_id, t.sub_intent_id)).all()
+        return {r[0]: (r[2] or r[1]) if leaf else r[1] for r in rows}
+
+    def save_diagnoses(self, diagnoses: Iterable[Diagnosis]) -> None:
+        """Upsert diagnoses (their ids are stable for the same root cause)."""
+        now = _now()
+        rows = [("diagnosis", {"id": d.id, "intent_id": d.intent_id, "failure_mode": d.failure_mode,
+                               "created_at": now, "payload": d.model_dump(mode="json")})
+                for d in diagnoses]
+        if rows:
+            self.write_rows(rows)
+
+    def load_diagnoses(self) -> list[Diagnosis]:
+        """Stored diagnoses, highest impact first."""
+        with self.session() as s:
+            rows = s.execute(select(DiagnosisRow.__table__.c.payload)).all()  # type: ignore[attr-defined]
+        out = [Diagnosis.model_validate(r[0]) for r in rows]
+        return sorted(out, key=lambda d: -d.impact)
+
+    def save_fixes(self, fixes: Iterable[Fix]) -> None:
+        """Upsert fixes with their current status."""
+        now = _now()
+        rows = [("fix", {"id": f.id, "diagnosis_id": f.diagnosis_id, "status": f.status,
+                         "created_at": f.created_at or now, "payload": f.model_dump(mode="json")})
+                for f in fixes]
+        if rows:
+            self.write_rows(rows)
+
+    def load_fixes(self) -> list[Fix]:
+        """Stored fixes, oldest first."""
+        t = FixRow.__table__.c  # type: ignore[attr-defined]
+        with self.session() as s:
+            rows = s.execute(select(t.payload).order_by(t.created_at)).all()
+        return [Fix.model_validate(r[0]) for r in rows]
 
     # --- small key/value state --------------------------------------------------------------
 

@@ -1,0 +1,199 @@
+"""Stage 3 over a store: failure signals and intents for new threads, persisted, incremental.
+
+``extract(store)`` reads the threads captured since the last run, runs every registered signal
+detector on them, embeds each thread's opening request with the local model and assigns it to an
+intent. The first run discovers the intents; later runs assign new threads to the same intent ids
+(centroid similarity) and turn dense groups of unassigned threads into new intents (novelty), so
+cohorts stay comparable over time. Signals, intents and assignments go back into the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import ExtractionError
+from ..store import Store
+from ..types import Intent, Signal, Thread
+from ._embed import Embedder, default_embedder
+from ._intents import IntentModel, build_intent_model
+from ._signals import DetectionContext, DetectorRegistry, detect_signals
+
+__all__ = ["ExtractionResult", "extract", "opening_text"]
+
+logger = logging.getLogger("loop_middleware.extract")
+
+MODEL_KEY = "extract.intent_model"
+WATERMARK_KEY = "extract.watermark"
+MAX_OPENING_CHARS = 600
+"""Opening requests are cut to this many characters before embedding (a pasted 4,000-token log
+says little about the intent beyond its first lines)."""
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called while embedding and detecting."""
+
+
+@dataclass
+class ExtractionResult:
+    """What one extraction run did and what the store now holds."""
+
+    threads_total: int
+    """Threads in the store."""
+    threads_processed: int
+    """New or updated threads handled by this run."""
+    signals: list[Signal]
+    """The signals of the processed threads."""
+    intents: list[Intent]
+    """Every intent and sub-intent, with up-to-date sizes."""
+    assignments: dict[str, str | None]
+    """``thread_id -> intent id`` for every thread in the store."""
+    new_intents: list[str] = field(default_factory=list)
+    """Ids of intents created by this run (the first run: all of them)."""
+    embedder: str = ""
+    seconds: float = 0.0
+
+    def share(self, intent_id: str) -> float:
+        """The share of all assigned threads that belong to ``intent_id``."""
+        total = len(self.assignments)
+        return sum(1 for v in self.assignments.values() if v == intent_id) / total if total else 0.0
+
+    def top_signals(self, intent_id: str, k: int = 3) -> list[tuple[str, int]]:
+        """The most frequent signal kinds among the intent's threads (distinct threads)."""
+        members = {t for t, v in self.assignments.items() if v == intent_id}
+        seen = {(s.thread_id, s.kind) for s in self.signals if s.thread_id in members}
+        return Counter(kind for _, kind in seen).most_common(k)
+
+
+def opening_text(thread: Thread) -> str:
+    """The text that says what a thread is about: its first user message (cut)."""
+    for turn in thread.turns:
+        text = turn.user_text.strip()
+        if text:
+            return text[:MAX_OPENING_CHARS]
+    return ""
+
+
+def _embed(embedder: Embedder, texts: Sequence[str], progress: Progress | None, batch: int = 512) -> Any:
+    parts = []
+    for i in range(0, len(texts), batch):
+        parts.append(embedder.embed(list(texts[i : i + batch])))
+        if progress:
+            progress("embedding", min(i + batch, len(texts)), len(texts))
+    if not parts:
+        return np.zeros((0, embedder.dim), dtype=np.float32)
+    return np.vstack(parts)
+
+
+def extract(
+    store: Store,
+    since: datetime | None = None,
+    *,
+    mode: Literal["default", "fast", "tfidf"] = "default",
+    embedder: Embedder | None = None,
+    registry: DetectorRegistry | None = None,
+    context: DetectionContext | None = None,
+    rebuild: bool = False,
+    progress: Progress | None = None,
+    min_cluster_size: int | None = None,
+) -> ExtractionResult:
+    """Extract failure signals and intents for the threads captured since the last run.
+
+    Args:
+        store: Where threads come from and results go.
+        since: Process threads updated at or after this time (default: since the last run;
+            everything on the first run).
+        mode: ``default`` (the local MiniLM model), ``fast`` (a static model distilled from it),
+            or ``tfidf`` (no model needed). Ignored when ``embedder`` is given.
+        embedder: Any :class:`Embedder` (e.g. wrapping a LangChain ``Embeddings``).
+        registry: Signal detectors to run (default: the built-ins plus any you registered).
+        context: Detector settings.
+        rebuild: Forget the stored intents and rediscover them from every thread.
+        progress: Called with ``(stage, done, total)`` during long steps.
+        min_cluster_size: Smallest group that becomes an intent (default: scaled to the data).
+
+    Raises:
+        ExtractionError: Embedding or clustering failed.
+        StoreError: The store cannot be read or written.
+    """
+    t0 = time.perf_counter()
+    stored_model = None if rebuild else store.get_meta(MODEL_KEY)
+    if since is None and not rebuild:
+        mark = store.get_meta(WATERMARK_KEY)
+        since = datetime.fromisoformat(mark) if mark else None
+    threads = store.list_threads(since=since)
+    # The watermark is the newest update seen, so the next run starts where this one ended.
+    newest = max((t.updated_at for t in threads if t.updated_at), default=None)
+
+    signals = detect_signals(threads, registry=registry, context=context) if threads else []
+    if progress:
+        progress("signals", len(threads), len(threads))
+    store.save_signals([t.thread_id for t in threads], signals)
+
+    emb = embedder or default_embedder(mode)
+    known = store.load_assignments()
+    model: IntentModel | None = None
+    if stored_model is not None:
+        model = IntentModel.from_dict(stored_model)
+        if model.embedder_name != getattr(emb, "name", type(emb).__name__):
+            logger.warning("intent model was built with %s, now embedding with %s: rediscovering",
+                           model.embedder_name, getattr(emb, "name", "?"))
+            model, known = None, {}
+    if model is None:
+        # Discover intents from every thread in the store (first run or rebuild).
+        todo = store.list_threads() if (since is not None or rebuild) else threads
+    else:
+        todo = [t for t in threads if t.thread_id not in known]
+    todo = [t for t in todo if opening_text(t)]
+    texts = [opening_text(t) for t in todo]
+    new_ids: list[str] = []
+    leaf: list[str | None] = []
+    try:
+        vectors = _embed(emb, texts, progress)
+        if model is None:
+            if len(texts) >= 2:
+                model, top = build_intent_model(texts, embedder=emb, embeddings=vectors,
+                                                min_cluster_size=min_cluster_size)
+                new_ids = [r.id for r in model.records]
+            else:
+                top = [None] * len(texts)
+        else:
+            before = {r.id for r in model.records}
+            top = model.update(texts, vectors, embedder=emb)
+            new_ids = [r.id for r in model.records if r.id not in before]
+        leaf = model.assign(vectors, level="leaf") if model is not None and len(texts) else top
+    except ExtractionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numerical/library failures get a clear error
+        raise ExtractionError(f"intent discovery failed on {len(texts)} threads: {exc}") from exc
+
+    assignments = {t.thread_id: (a, b if b != a else None) for t, a, b in zip(todo, top, leaf, strict=True)}
+    store.save_assignments(assignments)
+    all_assignments = store.load_assignments()
+    intents: list[Intent] = []
+    if model is not None:
+        sizes = Counter(all_assignments.values())
+        sub_sizes = Counter(store.load_assignments(leaf=True).values())
+        for rec in model.records:
+            rec.size = sizes.get(rec.id, 0) if rec.parent_id is None else sub_sizes.get(rec.id, 0)
+        intents = model.intents()
+        store.set_meta(MODEL_KEY, model.to_dict())
+        store.save_intents(intents)
+    if newest is not None:
+        store.set_meta(WATERMARK_KEY, newest.isoformat())
+    return ExtractionResult(
+        threads_total=store.count_threads(),
+        threads_processed=len(threads),
+        signals=signals,
+        intents=intents,
+        assignments=all_assignments,
+        new_intents=new_ids,
+        embedder=getattr(emb, "name", type(emb).__name__),
+        seconds=time.perf_counter() - t0,
+    )
