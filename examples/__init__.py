@@ -1,0 +1,1 @@
+"""Example host agents for loop-middleware."""
