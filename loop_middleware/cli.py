@@ -23,8 +23,10 @@ app = typer.Typer(
     name="loopmw",
     help=(
         "loop-middleware: a continuous improvement loop for LangChain/LangGraph agents.\n\n"
-        "Capture threads (LoopCallbackHandler / LoopMiddleware in your agent, or `loopmw ingest`), "
-        "then inspect what was captured."
+        "Capture threads (LoopCallbackHandler / LoopMiddleware in your agent, or `loopmw ingest`); "
+        "`extract` intents and failure signals; `analyze` root causes; `propose` fixes as "
+        "branches or pull requests; `measure` the next cohort; `report` it all as HTML. "
+        "`demo` runs the whole loop offline on an example agent."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -188,6 +190,107 @@ def feedback_cmd(
         _fail(exc)
         return
     console.print(f"recorded for thread {thread_id}")
+
+
+def _progress_bar() -> tuple[Any, Any]:
+    """A rich progress bar and a ``(stage, done, total)`` callback feeding it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=err, transient=True)
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return bar, update
+
+
+EmbedderOption = Annotated[
+    str, typer.Option(help="Intent embeddings: default (local MiniLM), fast (static, distilled "
+                           "from it), tfidf (no model).")
+]
+
+
+def _intents_table(result: Any) -> Table:
+    table = Table(title=f"{sum(1 for i in result.intents if i.parent_id is None)} intents over "
+                        f"{len(result.assignments)} threads ({result.embedder})")
+    for col in ("intent", "category", "share", "threads", "top signals"):
+        table.add_column(col)
+    tops = sorted((i for i in result.intents if i.parent_id is None), key=lambda i: -i.size)
+    for it in tops:
+        sig = ", ".join(f"{k} ({n})" for k, n in result.top_signals(it.id))
+        table.add_row(_snip(it.name, 40), it.category, f"{result.share(it.id):.1%}", str(it.size), sig or "-")
+    return table
+
+
+@app.command("extract")
+def extract_cmd(
+    db: DbOption = None,
+    embedder: EmbedderOption = "default",
+    rebuild: Annotated[bool, typer.Option(help="Rediscover intents from all threads.")] = False,
+) -> None:
+    """Stage 3: detect failure signals in new threads and assign every thread to a stable
+    intent (discovered without labels); prints the intents with their share and top signals."""
+    from .extract import extract
+
+    if embedder not in ("default", "fast", "tfidf"):
+        _fail(LoopError("--embedder takes default, fast or tfidf"))
+    try:
+        store = _store(db)
+        bar, update = _progress_bar()
+        with bar:
+            result = extract(store, mode=embedder, rebuild=rebuild, progress=update)  # type: ignore[arg-type]
+    except LoopError as exc:
+        _fail(exc)
+        return
+    console.print(_intents_table(result))
+    console.print(f"{result.threads_processed} new or updated threads, {len(result.signals)} signals, "
+                  f"{len(result.new_intents)} new intents in {result.seconds:.1f} s")
+
+
+@app.command("analyze")
+def analyze_cmd(
+    db: DbOption = None,
+    embedder: EmbedderOption = "default",
+    top: Annotated[int, typer.Option(help="Show this many diagnoses.")] = 10,
+    min_group_size: Annotated[int, typer.Option(help="Hide diagnoses covering fewer threads.")] = 5,
+) -> None:
+    """Stages 3-4: extract, then diagnose root causes per intent x failure signal; prints the
+    diagnoses ranked by impact, with their share of sessions and significance."""
+    from .diagnose import diagnose
+    from .extract import extract
+
+    if embedder not in ("default", "fast", "tfidf"):
+        _fail(LoopError("--embedder takes default, fast or tfidf"))
+    try:
+        store = _store(db)
+        bar, update = _progress_bar()
+        with bar:
+            result = extract(store, mode=embedder, progress=update)  # type: ignore[arg-type]
+            found = diagnose(store.list_threads(), store.load_signals(), store.load_intents(),
+                             store.load_assignments())
+        shown = [d for d in found if d.sessions_affected >= min_group_size]
+        store.save_diagnoses(shown)
+    except LoopError as exc:
+        _fail(exc)
+        return
+    table = Table(title=f"{len(shown)} diagnoses over {result.threads_total} threads"
+                  + (f" ({len(found) - len(shown)} hidden: fewer than {min_group_size} threads)"
+                     if len(found) > len(shown) else ""))
+    for col in ("#", "intent", "failure mode", "signal", "sessions", "in intent / rest", "lift", "q"):
+        table.add_column(col)
+    for i, d in enumerate(shown[:top], 1):
+        table.add_row(str(i), _snip(d.intent_name, 30), d.failure_mode, d.signal,
+                      f"{d.sessions_affected} ({d.share_of_sessions:.1%})",
+                      f"{d.rate_in_intent:.0%} / {d.rate_elsewhere:.0%}", f"{d.lift:.1f}x",
+                      f"{d.q_value:.1g}")
+    console.print(table)
+    for i, d in enumerate(shown[:top], 1):
+        console.print(f"[bold]{i}.[/] {d.summary}", highlight=False)
+    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> Any:

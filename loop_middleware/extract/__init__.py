@@ -14,7 +14,7 @@ from ._embed import (
     TfidfEmbedder,
     default_embedder,
 )
-from ._extract import ExtractionResult, extract, opening_text
+from ._extract import ExtractionResult, assign_intents, extract, extract_signals, opening_text
 from ._intents import (
     DEFAULT_CATEGORIES,
     IntentModel,
@@ -48,6 +48,7 @@ __all__ = [
     "MiniLMEmbedder",
     "StaticEmbedder",
     "TfidfEmbedder",
+    "assign_intents",
     "build_intent_model",
     "default_detectors",
     "default_embedder",
@@ -56,6 +57,7 @@ __all__ = [
     "detect_thread",
     "discover_intents",
     "extract",
+    "extract_signals",
     "map_categories",
     "name_clusters",
     "opening_text",

@@ -26,7 +26,7 @@ from ._embed import Embedder, default_embedder
 from ._intents import IntentModel, build_intent_model
 from ._signals import DetectionContext, DetectorRegistry, detect_signals
 
-__all__ = ["ExtractionResult", "extract", "opening_text"]
+__all__ = ["ExtractionResult", "assign_intents", "extract", "extract_signals", "opening_text"]
 
 logger = logging.getLogger("loop_middleware.extract")
 
@@ -91,69 +91,66 @@ def _embed(embedder: Embedder, texts: Sequence[str], progress: Progress | None, 
     return np.vstack(parts)
 
 
-def extract(
+def extract_signals(
     store: Store,
     since: datetime | None = None,
     *,
-    mode: Literal["default", "fast", "tfidf"] = "default",
-    embedder: Embedder | None = None,
     registry: DetectorRegistry | None = None,
     context: DetectionContext | None = None,
-    rebuild: bool = False,
     progress: Progress | None = None,
-    min_cluster_size: int | None = None,
-) -> ExtractionResult:
-    """Extract failure signals and intents for the threads captured since the last run.
+) -> tuple[int, list[Signal]]:
+    """Detect failure signals in the threads updated since ``since`` (default: since the last
+    run) and store them, replacing those threads' earlier signals.
 
-    Args:
-        store: Where threads come from and results go.
-        since: Process threads updated at or after this time (default: since the last run;
-            everything on the first run).
-        mode: ``default`` (the local MiniLM model), ``fast`` (a static model distilled from it),
-            or ``tfidf`` (no model needed). Ignored when ``embedder`` is given.
-        embedder: Any :class:`Embedder` (e.g. wrapping a LangChain ``Embeddings``).
-        registry: Signal detectors to run (default: the built-ins plus any you registered).
-        context: Detector settings.
-        rebuild: Forget the stored intents and rediscover them from every thread.
-        progress: Called with ``(stage, done, total)`` during long steps.
-        min_cluster_size: Smallest group that becomes an intent (default: scaled to the data).
-
-    Raises:
-        ExtractionError: Embedding or clustering failed.
-        StoreError: The store cannot be read or written.
+    Returns:
+        (threads processed, their signals).
     """
-    t0 = time.perf_counter()
-    stored_model = None if rebuild else store.get_meta(MODEL_KEY)
-    if since is None and not rebuild:
+    if since is None:
         mark = store.get_meta(WATERMARK_KEY)
         since = datetime.fromisoformat(mark) if mark else None
     threads = store.list_threads(since=since)
     # The watermark is the newest update seen, so the next run starts where this one ended.
     newest = max((t.updated_at for t in threads if t.updated_at), default=None)
-
     signals = detect_signals(threads, registry=registry, context=context) if threads else []
     if progress:
         progress("signals", len(threads), len(threads))
     store.save_signals([t.thread_id for t in threads], signals)
+    if newest is not None:
+        store.set_meta(WATERMARK_KEY, newest.isoformat())
+    return len(threads), signals
 
+
+def assign_intents(
+    store: Store,
+    *,
+    mode: Literal["default", "fast", "tfidf"] = "default",
+    embedder: Embedder | None = None,
+    rebuild: bool = False,
+    progress: Progress | None = None,
+    min_cluster_size: int | None = None,
+) -> tuple[list[Intent], dict[str, str | None], list[str], str]:
+    """Give every unassigned thread an intent: discover the intents on the first run (or with
+    ``rebuild``), else assign to the stored intents and turn dense unassigned groups into new
+    ones. Ids never change once given.
+
+    Returns:
+        (all intents with sizes, ``thread_id -> intent id`` for all threads, new intent ids,
+        embedder name).
+    """
     emb = embedder or default_embedder(mode)
-    known = store.load_assignments()
+    emb_name = getattr(emb, "name", type(emb).__name__)
+    stored_model = None if rebuild else store.get_meta(MODEL_KEY)
+    known = {} if rebuild else store.load_assignments()
     model: IntentModel | None = None
     if stored_model is not None:
         model = IntentModel.from_dict(stored_model)
-        if model.embedder_name != getattr(emb, "name", type(emb).__name__):
+        if model.embedder_name != emb_name:
             logger.warning("intent model was built with %s, now embedding with %s: rediscovering",
-                           model.embedder_name, getattr(emb, "name", "?"))
+                           model.embedder_name, emb_name)
             model, known = None, {}
-    if model is None:
-        # Discover intents from every thread in the store (first run or rebuild).
-        todo = store.list_threads() if (since is not None or rebuild) else threads
-    else:
-        todo = [t for t in threads if t.thread_id not in known]
-    todo = [t for t in todo if opening_text(t)]
+    todo = [t for t in store.list_threads() if t.thread_id not in known and opening_text(t)]
     texts = [opening_text(t) for t in todo]
     new_ids: list[str] = []
-    leaf: list[str | None] = []
     try:
         vectors = _embed(emb, texts, progress)
         if model is None:
@@ -170,11 +167,11 @@ def extract(
         leaf = model.assign(vectors, level="leaf") if model is not None and len(texts) else top
     except ExtractionError:
         raise
-    except Exception as exc:  # noqa: BLE001 - numerical/library failures get a clear error
+    except Exception as exc:
         raise ExtractionError(f"intent discovery failed on {len(texts)} threads: {exc}") from exc
-
-    assignments = {t.thread_id: (a, b if b != a else None) for t, a, b in zip(todo, top, leaf, strict=True)}
-    store.save_assignments(assignments)
+    store.save_assignments(
+        {t.thread_id: (a, b if b != a else None) for t, a, b in zip(todo, top, leaf, strict=True)}
+    )
     all_assignments = store.load_assignments()
     intents: list[Intent] = []
     if model is not None:
@@ -185,15 +182,54 @@ def extract(
         intents = model.intents()
         store.set_meta(MODEL_KEY, model.to_dict())
         store.save_intents(intents)
-    if newest is not None:
-        store.set_meta(WATERMARK_KEY, newest.isoformat())
+    return intents, all_assignments, new_ids, emb_name
+
+
+def extract(
+    store: Store,
+    since: datetime | None = None,
+    *,
+    mode: Literal["default", "fast", "tfidf"] = "default",
+    embedder: Embedder | None = None,
+    registry: DetectorRegistry | None = None,
+    context: DetectionContext | None = None,
+    rebuild: bool = False,
+    progress: Progress | None = None,
+    min_cluster_size: int | None = None,
+) -> ExtractionResult:
+    """Extract failure signals and intents for the threads captured since the last run.
+
+    Args:
+        store: Where threads come from and results go.
+        since: Detect signals in threads updated at or after this time (default: since the
+            last run; everything on the first run).
+        mode: ``default`` (the local MiniLM model), ``fast`` (a static model distilled from it),
+            or ``tfidf`` (no model needed). Ignored when ``embedder`` is given.
+        embedder: Any :class:`Embedder` (e.g. wrapping a LangChain ``Embeddings``).
+        registry: Signal detectors to run (default: the built-ins plus any you registered).
+        context: Detector settings.
+        rebuild: Forget the stored intents and rediscover them from every thread.
+        progress: Called with ``(stage, done, total)`` during long steps.
+        min_cluster_size: Smallest group that becomes an intent (default: scaled to the data).
+
+    Raises:
+        ExtractionError: Embedding or clustering failed.
+        StoreError: The store cannot be read or written.
+    """
+    t0 = time.perf_counter()
+    processed, signals = extract_signals(store, since, registry=registry, context=context,
+                                         progress=progress)
+    intents, assignments, new_ids, emb_name = assign_intents(
+        store, mode=mode, embedder=embedder, rebuild=rebuild, progress=progress,
+        min_cluster_size=min_cluster_size,
+    )
     return ExtractionResult(
         threads_total=store.count_threads(),
-        threads_processed=len(threads),
+        threads_processed=processed,
         signals=signals,
         intents=intents,
-        assignments=all_assignments,
+        assignments=assignments,
         new_intents=new_ids,
-        embedder=getattr(emb, "name", type(emb).__name__),
+        embedder=emb_name,
         seconds=time.perf_counter() - t0,
     )
