@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     own, re_ = result["noise_as_own_label"], result["noise_reassigned"]
     print(f"embedder            {embedder.name}   ({len(texts)} texts, {n_labels} true intents)")
-    print(f"clusters found      {report.n_clusters}  (cut {report.cut}, silhouette {report.silhouette:.3f})")
+    print(
+        f"clusters found      {report.n_clusters}  (cut {report.cut}, silhouette {report.silhouette:.3f})"
+    )
     print(f"noise share         {result['noise_share']:.1%}")
     print(f"noise own label     NMI {own['nmi']:.3f}  ARI {own['ari']:.3f}  ACC {own['acc']:.3f}")
     print(f"noise reassigned    NMI {re_['nmi']:.3f}  ARI {re_['ari']:.3f}  ACC {re_['acc']:.3f}")

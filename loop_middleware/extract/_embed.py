@@ -162,7 +162,10 @@ class MiniLMEmbedder:
         """384 for all-MiniLM-L6-v2."""
         model = self.model
         # sentence-transformers 5.x renamed the method (the old name warns).
-        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        getter = (
+            getattr(model, "get_embedding_dimension", None)
+            or model.get_sentence_embedding_dimension
+        )
         return int(getter())
 
     def embed(self, texts: list[str]) -> FloatArray:
@@ -288,7 +291,9 @@ class StaticEmbedder:
 
     name = "static-minilm"
 
-    def __init__(self, *, cache_dir: Path | str | None = None, model_path: Path | str | None = None):
+    def __init__(
+        self, *, cache_dir: Path | str | None = None, model_path: Path | str | None = None
+    ):
         self._cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
         self._model_path = Path(model_path) if model_path is not None else None
         self._model: Any = None
@@ -426,7 +431,9 @@ class LangChainEmbedder:
             raise ExtractionError(f"{self.name} failed to embed {len(texts)} texts: {exc}") from exc
         out = normalize_rows(vectors)
         if out.shape[0] != len(texts):
-            raise ExtractionError(f"{self.name} returned {out.shape[0]} vectors for {len(texts)} texts")
+            raise ExtractionError(
+                f"{self.name} returned {out.shape[0]} vectors for {len(texts)} texts"
+            )
         self._dim = int(out.shape[1])
         return out
 

@@ -211,7 +211,7 @@ def cluster_embeddings(
     min_silhouette: float = 0.02,
     silhouette_sample: int = 4000,
     max_points: int = 20000,
-    outlier_z: float | None = 3.5,
+    outlier_z: float | None = 5.0,
     reassign_noise: bool = False,
     random_state: int = 0,
 ) -> tuple[IntArray, ClusteringReport]:
@@ -315,7 +315,11 @@ def cluster_embeddings(
         best_k, best_s = next((k, s) for k, s in curve if s >= top * (1 - silhouette_tolerance))
         if top < min_silhouette:
             best_k, best_s = 1, top
-    raw = fcluster(tree, best_k, criterion="maxclust").astype(np.int64) if best_k > 1 else np.zeros(n, dtype=np.int64)
+    raw = (
+        fcluster(tree, best_k, criterion="maxclust").astype(np.int64)
+        if best_k > 1
+        else np.zeros(n, dtype=np.int64)
+    )
     labels = _relabel_by_size(raw, mcs)
     if outlier_z is not None:
         labels = _relabel_by_size(_mark_outliers(x, labels, outlier_z), mcs)
@@ -329,7 +333,9 @@ def _embed_texts(texts: Sequence[str], embedder: Embedder | None) -> tuple[Float
     emb = embedder if embedder is not None else default_embedder()
     vectors = emb.embed(list(texts))
     if len(vectors) != len(texts):
-        raise ExtractionError(f"embedder {emb.name} returned {len(vectors)} rows for {len(texts)} texts")
+        raise ExtractionError(
+            f"embedder {emb.name} returned {len(vectors)} rows for {len(texts)} texts"
+        )
     return vectors, emb
 
 
@@ -397,10 +403,12 @@ def _ctfidf_keyphrases(
     words frequent in one cluster but rare elsewhere win."""
     from sklearn.feature_extraction.text import CountVectorizer
 
-    docs = [" ".join(texts[i] for i in np.flatnonzero(labels == c)) for c in clusters]
+    docs = [" ".join(texts[i] for i in np.flatnonzero(labels == c).tolist()) for c in clusters]
     if not any(d.strip() for d in docs):
         return {c: [] for c in clusters}
-    vectorizer = CountVectorizer(ngram_range=(1, 2), stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z0-9']+\b")
+    vectorizer = CountVectorizer(
+        ngram_range=(1, 2), stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z0-9']+\b"
+    )
     try:
         counts = vectorizer.fit_transform(docs).toarray().astype(np.float64)
     except ValueError:  # only stop words
@@ -459,7 +467,8 @@ def name_clusters(
             closeness = x[members] @ cents[c]
         else:
             closeness = np.array(
-                [sum(p in texts[i].lower() for p in phrases[c]) for i in members], dtype=np.float64
+                [sum(p in texts[i].lower() for p in phrases[c]) for i in members.tolist()],
+                dtype=np.float64,
             )
         examples: list[str] = []
         for i in members[np.argsort(-closeness, kind="stable")]:
@@ -835,9 +844,9 @@ def _records_from_clusters(
     for c, info in infos.items():
         rows = np.flatnonzero(labels == c)
         centroid = cents[c]
-        intent_id = _stable_id("intent", [texts[i] for i in rows])
+        intent_id = _stable_id("intent", [texts[i] for i in rows.tolist()])
         if intent_id in taken:  # the very same member set already has an intent: keep it unique
-            intent_id = _stable_id("intent", [*(texts[i] for i in rows), str(len(taken))])
+            intent_id = _stable_id("intent", [*(texts[i] for i in rows.tolist()), str(len(taken))])
         taken.add(intent_id)
         record = IntentRecord(
             id=intent_id,
@@ -854,7 +863,7 @@ def _records_from_clusters(
             out.extend(
                 _sub_intents(
                     record,
-                    [texts[i] for i in rows],
+                    [texts[i] for i in rows.tolist()],
                     x[rows],
                     min_size=sub_intent_min_size or max(4 * mcs, 12),
                     child_min=max(mcs, 3),

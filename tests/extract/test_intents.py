@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -139,12 +140,15 @@ def test_names_come_from_the_groups_own_words(minilm: Embedder) -> None:
     x = minilm.embed(texts)
     labels = discover_intents(texts, embeddings=x)
     infos = name_clusters(texts, labels, x)
-    expected = {"refund": "refund", "password": "password", "shipping": "deliver|order|ship|transit", "crash": "crash"}
+    expected = {
+        "refund": "refund",
+        "password": "password",
+        "shipping": "deliver|order|ship|transit",
+        "crash": "crash",
+    }
     for info in infos.values():
         members = [truth[i] for i, v in enumerate(labels) if v == info.label]
         group = max(set(members), key=members.count)
-        import re
-
         assert re.search(expected[group], " ".join(info.keyphrases[:2])), info.keyphrases
         assert all(e in GROUPS[group] for e in info.examples[:2])
         assert info.size == len(members)
@@ -177,7 +181,7 @@ def test_category_mapping_for_obvious_cases(minilm: Embedder) -> None:
 def test_model_ids_stable_across_runs_and_serialisable(minilm: Embedder) -> None:
     texts, _ = _flatten(GROUPS)
     model_a, ids_a = build_intent_model(texts, embedder=minilm)
-    model_b, ids_b = build_intent_model(texts, embedder=minilm)
+    _model_b, ids_b = build_intent_model(texts, embedder=minilm)
     assert ids_a == ids_b
     assert sum(i is None for i in ids_a) <= 2
     assert len({i for i in ids_a if i}) == 4
@@ -247,7 +251,7 @@ def test_hierarchy_splits_a_big_intent_with_coherent_subgroups() -> None:
 
 
 def test_tfidf_fallback_pipeline_runs_without_sentence_transformers() -> None:
-    texts, truth = _flatten(GROUPS)
+    texts, _truth = _flatten(GROUPS)
     model, ids = build_intent_model(texts, embedder=TfidfEmbedder())
     assert model.embedder_name == "tfidf"
     assert len({i for i in ids if i}) >= 2
