@@ -31,6 +31,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 console = Console()
 err = Console(stderr=True)
@@ -290,7 +291,146 @@ def analyze_cmd(
     console.print(table)
     for i, d in enumerate(shown[:top], 1):
         console.print(f"[bold]{i}.[/] {d.summary}", highlight=False)
+
+
+RepoOption = Annotated[Path, typer.Option("--repo", envvar="LOOP_REPO_DIR",
+                                          help="The host agent's git repository.")]
+
+
+@app.command("propose")
+def propose_cmd(
+    db: DbOption = None,
+    repo: RepoOption = Path("."),
+    allow: Annotated[list[str] | None, typer.Option(
+        "--allow", help="Glob of files fixes may change (repeatable). Default: prompts/**/*.md, agent.yaml.")] = None,
+    config_file: Annotated[list[str] | None, typer.Option(
+        "--config-file", help="Harness/config file config fixes may edit (repeatable).")] = None,
+    agent_factory: Annotated[str | None, typer.Option(
+        envvar="LOOP_AGENT_FACTORY", help="module:function building your agent from a prompt "
+        "directory; enables the replay guardrail.")] = None,
+    embedder: EmbedderOption = "default",
+    yes: Annotated[bool, typer.Option("--yes", help="Approve every fix without asking "
+                                                   "(scripted use only).")] = False,
+    github_repo: Annotated[str | None, typer.Option(envvar="LOOP_GITHUB_REPO",
+                                                    help="owner/name to open draft PRs in.")] = None,
+    github_base_url: Annotated[str | None, typer.Option(
+        envvar="LOOP_GITHUB_BASE_URL", help="GitHub API URL (Enterprise: https://HOST/api/v3).")] = None,
+) -> None:
+    """Stages 3-5 through the companion graph: extract, diagnose, propose a minimal checked diff
+    per diagnosis, ask you to approve or reject each one, then open it as a branch + .patch +
+    PR body (and a draft pull request when GITHUB_TOKEN and --github-repo are set).
+    Nothing is ever merged."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    from .config import LoopConfig
+    from .graph import build_graph
+
+    try:
+        cfg = LoopConfig.from_env(
+            database_url=db, repo_dir=str(repo), allowed_globs=allow or None,
+            config_files=config_file or None, agent_factory=agent_factory, embedder=embedder,
+            github_repo=github_repo, github_base_url=github_base_url,
+        )
+        graph = build_graph(checkpointer=InMemorySaver())
+        run_cfg: Any = {"configurable": {"thread_id": "cli", "loop": cfg.model_dump()}}
+        state = graph.invoke({}, config=run_cfg)
+        for line in state.get("log", []):
+            err.print(f"[dim]{line}[/]")
+        if "__interrupt__" in state:
+            fixes = state["__interrupt__"][0].value["fixes"]
+            if yes:
+                answer: Any = "approve_all"
+            else:
+                from rich.syntax import Syntax
+
+                answer = {}
+                for f in fixes:
+                    console.rule(f"{f['title']}  [{f['kind']}] {f['target_file']}")
+                    console.print(Syntax(f["diff"], "diff", word_wrap=True))
+                    console.print(f"metric to watch: {f['metric']} (needs {f['sample_size_needed']} threads)")
+                    answer[f["id"]] = "approve" if typer.confirm("Open this fix for review?", default=False) else "reject"
+            state = graph.invoke(Command(resume=answer), config=run_cfg)
+    except LoopError as exc:
+        _fail(exc)
+        return
+    published = state.get("published", [])
+    if not published:
+        console.print("no fix opened")
+    for p in published:
+        if p.get("error"):
+            console.print(f"[red]{p['fix_id']}: {p['error']}[/]")
+            continue
+        console.print(f"[green]{p['branch']}[/]  patch: {p['patch']}  body: {p['body']}"
+                      + (f"  PR: {p['pr_url']}" if p.get("pr_url") else "")
+                      + (f"  [yellow]GitHub: {p['github_error']}[/]" if p.get("github_error") else ""))
+
+
+@app.command("measure")
+def measure_cmd(db: DbOption = None, alpha: Annotated[float, typer.Option(help="Error rate.")] = 0.05) -> None:
+    """Stage 6: compare each shipped fix's next cohort with the cohort before it, per intent,
+    and decide keep / revert / wait (with how many more threads are needed)."""
+    from .measure import measure_all  # type: ignore[attr-defined]
+
+    try:
+        results = measure_all(_store(db), alpha=alpha)
+    except LoopError as exc:
+        _fail(exc)
+        return
+    table = Table(title=f"{len(results)} fixes measured")
+    for col in ("fix", "intent", "metric", "before", "after", "delta (CI)", "decision", "needs"):
+        table.add_column(col)
+    for r in results:
+        c = r.comparison
+        table.add_row(_snip(r.title or r.fix_id, 36), _snip(r.intent_name or "-", 24), _snip(r.metric, 30),
+                      f"{c.before.rate:.1%} of {c.before.n}", f"{c.after.rate:.1%} of {c.after.n}",
+                      f"{c.delta:+.1%} ({c.delta_ci[0]:+.1%}, {c.delta_ci[1]:+.1%})",
+                      r.decision, str(c.threads_needed_more or "-"))
     console.print(table)
+
+
+@app.command("report")
+def report_cmd(
+    db: DbOption = None,
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("loop-report.html"),
+    min_group_size: Annotated[int, typer.Option(help="Hide groups with fewer threads.")] = 5,
+) -> None:
+    """Write one self-contained HTML report: intents and trends, intent x signal heat map,
+    ranked diagnoses with their evidence threads, fixes with before/after charts, loop health."""
+    from .report import render_report
+    from .report._build import build_report_data  # type: ignore[import-not-found]
+
+    try:
+        bar, update = _progress_bar()
+        with bar:
+            data = build_report_data(_store(db), min_group_size=min_group_size, progress=update)
+        path = render_report(data, out)
+    except LoopError as exc:
+        _fail(exc)
+        return
+    console.print(f"report: {path}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="Where report.html, summary.json, the store and the "
+                                           "throw-away host repository go.")] = Path("loop-demo"),
+    threads: Annotated[int, typer.Option(help="Conversations per cohort.")] = 400,
+    seed: Annotated[int, typer.Option(help="Simulation seed.")] = 0,
+    embedder: EmbedderOption = "default",
+    example: Annotated[Path | None, typer.Option(help="The example agent folder "
+                                                      "(default: examples/support_agent).")] = None,
+) -> None:
+    """The whole loop, offline, in a few minutes: simulated production traffic on an example
+    agent with planted defects -> analyze -> diagnose -> propose fixes as branches -> merge them
+    (standing in for a human) -> next cohort -> measure -> HTML report."""
+    from .demo import run_demo
+
+    try:
+        run_demo(out, threads=threads, seed=seed, embedder=embedder, example=example,
+                 say=lambda line: console.print(line, highlight=False, markup=False))
+    except LoopError as exc:
+        _fail(exc)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -9,12 +9,14 @@ cohorts stay comparable over time. Signals, intents and assignments go back into
 
 from __future__ import annotations
 
+import base64
 import logging
+import pickle
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -22,7 +24,7 @@ import numpy as np
 from ..errors import ExtractionError
 from ..store import Store
 from ..types import Intent, Signal, Thread
-from ._embed import Embedder, default_embedder
+from ._embed import Embedder, TfidfEmbedder, default_embedder
 from ._intents import IntentModel, build_intent_model
 from ._signals import DetectionContext, DetectorRegistry, detect_signals
 
@@ -32,6 +34,7 @@ logger = logging.getLogger("loop_middleware.extract")
 
 MODEL_KEY = "extract.intent_model"
 WATERMARK_KEY = "extract.watermark"
+TFIDF_KEY = "extract.tfidf_vocabulary"
 MAX_OPENING_CHARS = 600
 """Opening requests are cut to this many characters before embedding (a pasted 4,000-token log
 says little about the intent beyond its first lines)."""
@@ -80,6 +83,10 @@ def opening_text(thread: Thread) -> str:
     return ""
 
 
+def _utc(d: datetime) -> datetime:
+    return d if d.tzinfo is not None else d.replace(tzinfo=UTC)
+
+
 def _embed(embedder: Embedder, texts: Sequence[str], progress: Progress | None, batch: int = 512) -> Any:
     parts = []
     for i in range(0, len(texts), batch):
@@ -105,10 +112,15 @@ def extract_signals(
     Returns:
         (threads processed, their signals).
     """
+    after_mark = False
     if since is None:
         mark = store.get_meta(WATERMARK_KEY)
         since = datetime.fromisoformat(mark) if mark else None
+        after_mark = since is not None
     threads = store.list_threads(since=since)
+    if after_mark and since is not None:
+        # Strictly after the watermark: the newest thread of the last run is not redone.
+        threads = [t for t in threads if t.updated_at is None or _utc(t.updated_at) > _utc(since)]
     # The watermark is the newest update seen, so the next run starts where this one ended.
     newest = max((t.updated_at for t in threads if t.updated_at), default=None)
     signals = detect_signals(threads, registry=registry, context=context) if threads else []
@@ -118,6 +130,27 @@ def extract_signals(
     if newest is not None:
         store.set_meta(WATERMARK_KEY, newest.isoformat())
     return len(threads), signals
+
+
+def _fitted_tfidf(
+    store: Store, emb: TfidfEmbedder, threads: Sequence[Thread], model: IntentModel | None
+) -> IntentModel | None:
+    """TF-IDF has no pretrained vocabulary: reuse the one the stored intents were built with
+    (so ids stay stable across runs), or fit a new one on every opening request (and then the
+    intents are rediscovered)."""
+    blob = store.get_meta(TFIDF_KEY) if model is not None else None
+    if blob:
+        # Our own store's data, written by the branch below.
+        emb._pipeline = pickle.loads(base64.b64decode(blob))  # noqa: S301
+        emb._dim = int(emb._pipeline.steps[1][1].n_components)
+        if emb.dim == model.dim:  # type: ignore[union-attr]
+            return model
+    texts = [opening_text(t) for t in threads if opening_text(t)]
+    if len(texts) < 2:
+        return model  # nothing to learn a vocabulary from (and nothing to assign)
+    emb.fit(texts)
+    store.set_meta(TFIDF_KEY, base64.b64encode(pickle.dumps(emb._pipeline)).decode("ascii"))
+    return None
 
 
 def assign_intents(
@@ -148,7 +181,12 @@ def assign_intents(
             logger.warning("intent model was built with %s, now embedding with %s: rediscovering",
                            model.embedder_name, emb_name)
             model, known = None, {}
-    todo = [t for t in store.list_threads() if t.thread_id not in known and opening_text(t)]
+    all_threads = store.list_threads()
+    if isinstance(emb, TfidfEmbedder) and emb._pipeline is None:
+        model = _fitted_tfidf(store, emb, all_threads, model)
+        if model is None:
+            known = {}
+    todo = [t for t in all_threads if t.thread_id not in known and opening_text(t)]
     texts = [opening_text(t) for t in todo]
     new_ids: list[str] = []
     try:
