@@ -40,9 +40,15 @@ SHA-256 digests, trace and span ids), UUIDs, numbers, single-case tokens such as
 a key such as ``secret=``/``token:`` (``secret_kv``). Opaque random ids (``pi_3MtwBwLkdIwHu7ix28a3``)
 look exactly like secrets and are redacted; :attr:`RedactionConfig.allowlist` keeps them.
 
+Known gaps, by choice (precision first): an unquoted password made of letters only (``password:
+Summer``) reads like prose and is kept, unless it is quoted or sits under a sensitive dict key in
+:meth:`Redactor.redact_value`; national phone numbers without a trunk prefix or separators
+(``612 34 56 78``, ``5551234567``) are caught only after a word such as *phone*/*móvil*.
+
 Every pattern is linear: bounded repetitions, no nested ambiguous quantifiers, literal prefixes so
-the regex engine can skip ahead, and PEM blocks are paired with one pass over their END markers.
-:meth:`Redactor.redact` never raises: a non-string is stringified first, and an internal error
+the regex engine can skip ahead, PEM blocks paired with one pass over their END markers; the
+keyword-led patterns (``password: ...``, ``phone ...``) and the e-mail and phone patterns run only
+in windows around a keyword, an ``@`` or a digit group. :meth:`Redactor.redact` never raises: a non-string is stringified first, and an internal error
 *fails closed* (the whole text becomes ``[REDACTED:error]``) because leaking is worse than losing a
 quote.
 """
@@ -549,10 +555,12 @@ class Redactor:
 
         Strings under a sensitive mapping key (``password``, ``api_key``, ``authorization``...,
         see :attr:`RedactionConfig.sensitive_keys`) are replaced whole. Numbers, booleans,
-        ``None``, dates, decimals, UUIDs and enum members are returned as they are; bytes are redacted as UTF-8 text and re-encoded; any
-        other object is stringified and redacted. Containers deeper than
-        :attr:`RedactionConfig.max_depth` (and reference cycles) are flattened to the text of their
-        leaves and redacted as one string. Never raises.
+        ``None``, dates, decimals, UUIDs and enum members are returned as they are; bytes are
+        redacted as UTF-8 text and re-encoded; any other object is stringified and redacted.
+        Pydantic models and dataclasses come back as the same type when they still validate, as
+        plain dicts otherwise. Containers deeper than :attr:`RedactionConfig.max_depth` (and
+        reference cycles) are flattened to the text of their leaves and redacted as one string.
+        The input is never modified. Never raises.
         """
         try:
             return self._walk(obj, 0, frozenset())
