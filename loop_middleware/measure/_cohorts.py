@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from unidiff import PatchSet
 from unidiff.errors import UnidiffParseError
+from unidiff.patch import PatchSet
 
 from ..errors import ConfigError, PatchError
 from ..patch import AllowedPaths, apply_unified_diff, make_diff, markdown_headings
@@ -531,7 +531,8 @@ def measure_fix(
         max_looks: Planned number of looks (fixed at the first recorded look).
         harm_threshold: Smallest worsening of another intent that flags a revert.
         guardrail_min_n: Threads per cohort for an intent to be a guardrail (default ``min_n``).
-        record_look: Persist this look (with a store).
+        record_look: Persist this look (with a store). ``False`` (a report peeking) re-evaluates
+            the last recorded look instead of spending alpha on a new one.
         min_information_increment: Smallest growth of ``t`` that makes a new look.
         now: The measurement time (default: now).
 
@@ -601,7 +602,7 @@ def measure_fix(
             t = information_fraction(an, planned_n, before_n=bn)
             grows = not prev or (prev[-1] < 1.0 and t >= prev[-1] + min_information_increment)
             decidable = min(bn, an) >= min_n
-            if prev and (not grows or len(prev) >= k_max or not decidable):
+            if prev and (not grows or len(prev) >= k_max or not decidable or not record_look):
                 looks = prev  # no new look: re-evaluate the last recorded one
             else:
                 looks = [*prev, max(t, 1e-6)]
@@ -708,7 +709,7 @@ def measure_all(
         if fix.status not in MEASURED_STATUSES:
             continue
         try:
-            before, after = cohorts_for_fix(fix, src.threads,
+            _, after = cohorts_for_fix(fix, src.threads,
                                             diagnosis=src.diagnoses.get(fix.diagnosis_id),
                                             prompt_versions=src.prompt_versions)
         except ConfigError as exc:

@@ -100,7 +100,7 @@ class PromptDrivenModel(BaseChatModel):
     one: the cohorts have the rates the prompt causes, with no sampling luck in the tests.
     """
 
-    seen: dict[str, int] = {}
+    seen: dict[str, int]
 
     @property
     def _llm_type(self) -> str:
@@ -270,10 +270,11 @@ class KeepScenario:
     results: list[FixMeasurementResult]
 
 
-@pytest.fixture(scope="module")
-def keep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeepScenario]:
+def build_keep_scenario(root: Path) -> KeepScenario:
+    """Capture v1 traffic, extract, diagnose, fix (v2 adds a refund section), capture v2 traffic
+    in two batches with one look after each: the whole loop on a real store."""
     default_registry.clear()
-    w = new_world(tmp_path_factory.mktemp("keep") / "host")
+    w = new_world(root)
     v1 = sha256_text(BASE_PROMPT)
     w.traffic(refund=40, order=40)
     # Another agent of the host, with its own prompt: its threads belong to no cohort of the fix.
@@ -288,24 +289,35 @@ def keep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeepScenario]:
     dx = next(d for d in diagnoses if d.intent_id == refund and d.signal in ("refusal", "abandonment"))
     assert dx.prompt_sha256 == v1
     v2_text = BASE_PROMPT + REFUND_SECTION
+    opened = datetime.now(UTC)
     fix = Fix(
         id="fix-refunds", diagnosis_id=dx.id, kind=FixKind.PROMPT_EDIT, target_file=w.prompt_rel,
         diff=make_diff(w.prompt_rel, BASE_PROMPT, v2_text), title="Add a refund section",
-        rationale=dx.summary, metric=f"{dx.signal} rate in {dx.intent_name}",
-        sample_size_needed=40, status="merged", created_at=datetime.now(UTC),
+        rationale=dx.summary, metric=f"{dx.signal} rate", sample_size_needed=40,
+        status="opened", created_at=opened, pr_url="https://github.com/acme/agent/pull/7",
+        details={"opened_at": opened.isoformat()},
     )
     store.save_fixes([fix])
     # The fix is merged and deployed: the next cohort is served by v2, in two batches.
     w.write_prompt(v2_text, commit="fix: refunds")
+    fix = fix.model_copy(update={"status": "merged",
+                                 "details": {**fix.details, "merged_at": datetime.now(UTC).isoformat()}})
+    store.save_fixes([fix])
     w.traffic(refund=15, order=15)
     w.extract()
     first = measure_fix(fix, store, min_n=10)
     w.traffic(refund=25, order=25)
     w.extract()
     results = measure_all(store, min_n=10)
-    yield KeepScenario(w, v1, sha256_text(v2_text), sha256_text(other_text), other_ids, fix,
-                       first, results)
-    w.close()
+    return KeepScenario(w, v1, sha256_text(v2_text), sha256_text(other_text), other_ids, fix,
+                        first, results)
+
+
+@pytest.fixture(scope="module")
+def keep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeepScenario]:
+    scenario = build_keep_scenario(tmp_path_factory.mktemp("keep") / "host")
+    yield scenario
+    scenario.world.close()
 
 
 def test_cohorts_are_the_threads_served_by_the_old_and_the_fixed_prompt(keep: KeepScenario) -> None:
