@@ -49,6 +49,7 @@ __all__ = [
     "IntentMix",
     "failure_mode_key",
     "health_summary",
+    "intent_mix",
     "loop_health",
     "thread_prompt_shas",
 ]
