@@ -370,7 +370,7 @@ def propose_cmd(
 def measure_cmd(db: DbOption = None, alpha: Annotated[float, typer.Option(help="Error rate.")] = 0.05) -> None:
     """Stage 6: compare each shipped fix's next cohort with the cohort before it, per intent,
     and decide keep / revert / wait (with how many more threads are needed)."""
-    from .measure import measure_all  # type: ignore[attr-defined]
+    from .measure import measure_all
 
     try:
         results = measure_all(_store(db), alpha=alpha)
@@ -382,11 +382,17 @@ def measure_cmd(db: DbOption = None, alpha: Annotated[float, typer.Option(help="
         table.add_column(col)
     for r in results:
         c = r.comparison
-        table.add_row(_snip(r.title or r.fix_id, 36), _snip(r.intent_name or "-", 24), _snip(r.metric, 30),
+        if c is None:
+            table.add_row(_snip(r.fix_id, 36), _snip(r.intent_name or "-", 24), _snip(r.metric, 30),
+                          "-", "-", "-", r.decision, str(r.threads_needed or "-"))
+            continue
+        table.add_row(_snip(r.fix_id, 36), _snip(r.intent_name or "-", 24), _snip(r.metric, 30),
                       f"{c.before.rate:.1%} of {c.before.n}", f"{c.after.rate:.1%} of {c.after.n}",
                       f"{c.delta:+.1%} ({c.delta_ci[0]:+.1%}, {c.delta_ci[1]:+.1%})",
-                      r.decision, str(c.threads_needed_more or "-"))
+                      r.decision, str(r.threads_needed or "-"))
     console.print(table)
+    for r in results:
+        console.print(f"[bold]{r.fix_id}[/]: {r.reason}", highlight=False)
 
 
 @app.command("report")
@@ -398,7 +404,7 @@ def report_cmd(
     """Write one self-contained HTML report: intents and trends, intent x signal heat map,
     ranked diagnoses with their evidence threads, fixes with before/after charts, loop health."""
     from .report import render_report
-    from .report._build import build_report_data  # type: ignore[import-not-found]
+    from .report._build import build_report_data
 
     try:
         bar, update = _progress_bar()

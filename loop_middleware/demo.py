@@ -205,17 +205,17 @@ def run_demo(
     timings["cohort2_s"] = time.perf_counter() - t
     t = time.perf_counter()
     from .extract import extract
-    from .measure import measure_all  # type: ignore[attr-defined]
+    from .measure import measure_all
 
     extract(store, mode=embedder)  # type: ignore[arg-type]
     measurements = measure_all(store, alpha=loop_cfg.alpha)
     for m in measurements:
-        say(f"      {m.summary_line()}" if hasattr(m, "summary_line") else f"      {m}")
+        say(f"      {m.decision.upper():6} {m.fix_id}: {m.reason}")
     timings["measure_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     from .report import render_report
-    from .report._build import build_report_data  # type: ignore[import-not-found]
+    from .report._build import build_report_data
 
     report = render_report(build_report_data(store, title="loop-middleware demo: Acme Pay support agent",
                                              min_group_size=loop_cfg.min_group_size),
@@ -236,8 +236,10 @@ def run_demo(
         "fixes": [
             {"id": f.id, "diagnosis_id": f.diagnosis_id, "kind": str(f.kind), "title": f.title,
              "target_file": f.target_file, "branch": f.branch, "status": f.status,
-             "decision": getattr(by_fix.get(f.id), "decision", "wait"),
-             "delta": getattr(by_fix.get(f.id), "delta", None)}
+             "decision": by_fix[f.id].decision if f.id in by_fix else "wait",
+             "delta": (by_fix[f.id].comparison.delta  # type: ignore[union-attr]
+                       if f.id in by_fix and by_fix[f.id].comparison is not None else None),
+             "reason": by_fix[f.id].reason if f.id in by_fix else "not measured"}
             for f in store.load_fixes()
         ],
         "timings_s": {k: round(v, 2) for k, v in timings.items()},

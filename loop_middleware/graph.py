@@ -91,13 +91,11 @@ def measure(state: LoopState, config: RunnableConfig) -> LoopState:
     """Measure shipped fixes on the cohorts that followed them: keep, revert or wait."""
     cfg = LoopConfig.resolve(config)
     store = _store(cfg)
-    try:
-        from .measure import measure_all  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - measure over the store not installed
-        return {"measurements": [], "log": ["measure: not available"]}
+    from .measure import measure_all, measurement_summary
+
     results = measure_all(store, alpha=cfg.alpha)
-    out = [r.model_dump(mode="json") for r in results]
-    decided = {r.get("decision") for r in out}
+    out = [{"fix_id": r.fix_id, **measurement_summary(r)} for r in results]
+    decided = {r.decision for r in results}
     return {"measurements": out,
             "log": [f"measure: {len(out)} shipped fixes measured ({', '.join(sorted(d for d in decided if d)) or 'none'})"]}
 

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 
+from ..privacy import Redactor
 from ..prompts import PromptRegistry
 from ..store import Store
 from ._recorder import Recorder, new_id
@@ -58,6 +59,9 @@ class LoopCallbackHandler(BaseCallbackHandler):
         registry: Prompt registry used to recognise prompt versions (the process-wide one).
         agent_name: ``gen_ai.agent.name`` on spans.
         writer: Share an existing background writer (advanced).
+        redact: Redact private data (secrets, card numbers, emails, phones) before anything is
+            stored or exported: True (default), False, or a configured
+            :class:`~loop_middleware.privacy.Redactor` (with your own hook).
 
     The handler never raises into the host and never waits on the database: writes happen on a
     background thread. Call :meth:`flush` to wait for them (also done at interpreter exit).
@@ -79,11 +83,13 @@ class LoopCallbackHandler(BaseCallbackHandler):
         registry: PromptRegistry | None = None,
         agent_name: str = "agent",
         writer: BackgroundWriter | None = None,
+        redact: bool | Redactor = True,
     ) -> None:
         super().__init__()
         self.recorder = Recorder(
             store, writer=writer, tracer_provider=tracer_provider, emit_spans=emit_spans,
             capture_content=capture_content, registry=registry, agent_name=agent_name,
+            redact=redact,
         )
         self.thread_id = thread_id
         self.user_id = user_id

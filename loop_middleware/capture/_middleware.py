@@ -10,6 +10,7 @@ from typing import Any
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langgraph.config import get_config
 
+from ..privacy import Redactor
 from ..prompts import PromptRegistry
 from ..store import Store
 from ._recorder import Recorder, new_id
@@ -53,11 +54,13 @@ class LoopMiddleware(AgentMiddleware):  # type: ignore[type-arg,unused-ignore]
         registry: PromptRegistry | None = None,
         agent_name: str = "agent",
         writer: BackgroundWriter | None = None,
+        redact: bool | Redactor = True,
     ) -> None:
         super().__init__()
         self.recorder = Recorder(
             store, writer=writer, tracer_provider=tracer_provider, emit_spans=emit_spans,
             capture_content=capture_content, registry=registry, agent_name=agent_name,
+            redact=redact,
         )
         self.thread_id = thread_id
         self.user_id = user_id

@@ -18,6 +18,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 
+from ..privacy import Redactor
 from ..prompts import PromptRegistry, default_registry, versions_in_messages
 from ..store import Store
 from ..types import PromptVersion
@@ -109,6 +110,8 @@ class Recorder:
         capture_content: Put message text on spans (the store always keeps it).
         registry: Prompt registry used to recognise prompt versions.
         agent_name: The host agent's name on spans.
+        redact: Redact private data before it is stored or put on spans: True (default
+            settings), False, or a configured :class:`~loop_middleware.privacy.Redactor`.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class Recorder:
         capture_content: bool = True,
         registry: PromptRegistry | None = None,
         agent_name: str = "agent",
+        redact: bool | Redactor = True,
     ) -> None:
         if writer is not None:
             self.store = writer.store
@@ -129,6 +133,11 @@ class Recorder:
             self.store = store if isinstance(store, Store) else Store(store)
             self.writer = BackgroundWriter(self.store)
         self.registry = registry or default_registry
+        # Secrets, card numbers, emails and phones are redacted before anything is persisted or
+        # exported (on the writer thread, never on the host's).
+        self.redactor: Redactor | None = (
+            redact if isinstance(redact, Redactor) else Redactor() if redact else None
+        )
         self.spans = SpanEmitter(tracer_provider, capture_content=capture_content,
                                  agent_name=agent_name) if emit_spans else None
         self.turns: dict[str, TurnState] = {}
@@ -136,6 +145,7 @@ class Recorder:
         self.errors = 0
         """Errors inside capture, counted and logged, never raised into the host."""
         self._seen_prompts: set[str] = set()
+        self._redacted: dict[str, str] = {}  # writer thread only
 
     # --- host side ---------------------------------------------------------------------------
 
@@ -221,9 +231,31 @@ class Recorder:
 
     # --- writer thread -----------------------------------------------------------------------
 
+    def _r(self, value: Any) -> Any:
+        if self.redactor is None:
+            return value
+        if isinstance(value, str):
+            return self._redact_text(value)
+        if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
+            # Message lists: an LLM call's input repeats the whole history, so each message's
+            # text is redacted once and remembered.
+            return [{**m, "content": self._redact_text(m["content"] or ""),
+                     "tool_calls": self.redactor.redact_value(m.get("tool_calls") or [])}
+                    for m in value]
+        return self.redactor.redact_value(value)
+
+    def _redact_text(self, text: str) -> str:
+        cached = self._redacted.get(text)
+        if cached is None:
+            cached = self.redactor.redact(text) if self.redactor is not None else text
+            if len(self._redacted) >= 20_000:
+                self._redacted.clear()
+            self._redacted[text] = cached
+        return cached
+
     def _turn_rows(self, turn: TurnState, *, final: bool) -> list[Row]:
         if not turn.user_messages:
-            turn.user_messages = user_messages_from_inputs(turn.raw_inputs)
+            turn.user_messages = self._r(user_messages_from_inputs(turn.raw_inputs))
         now = _utc(turn.end_ns or turn.start_ns)
         thread_row = {"thread_id": turn.thread_id, "created_at": _utc(turn.start_ns), "updated_at": now}
         if turn.user_id:
@@ -233,12 +265,12 @@ class Recorder:
             "input_messages": turn.user_messages, "meta": jsonable(turn.metadata),
         }
         if final:
-            outputs = _output_messages(turn.raw_outputs)
+            outputs = self._r(_output_messages(turn.raw_outputs))
             turn.output_text = next(
                 (m["content"] for m in reversed(outputs) if m["role"] == "assistant"), None
             )
             row.update(ended_at=_utc(turn.end_ns or turn.start_ns), latency_ms=turn.latency_ms,
-                       error=turn.error, output_messages=outputs)
+                       error=self._r(turn.error), output_messages=outputs)
             if self.spans is not None:
                 versions = {c.call_id: self._versions(c) for c in turn.calls if c.kind == "llm"}
                 try:
@@ -256,7 +288,11 @@ class Recorder:
         if call.kind == "llm":
             call.input_messages = messages_list(call.raw_input)
             _fill_llm_output(call)
+            # Versions from the exact text (the prompt is the host's, not user data), then redact.
             versions = self._versions(call)
+            call.input_messages = self._r(call.input_messages)
+            call.output_messages = self._r(call.output_messages)
+            call.error = self._r(call.error)
             for v in versions:
                 if v.sha256 not in self._seen_prompts:
                     rows.append(("prompt_version", {
@@ -273,6 +309,8 @@ class Recorder:
             }))
         else:
             _fill_tool_output(call)
+            call.arguments = self._r(jsonable(call.arguments))
+            call.result, call.error = self._r(call.result), self._r(call.error)
             rows.append(("tool_call", {
                 "id": call.call_id, "turn_id": call.turn_id, "thread_id": call.thread_id,
                 "seq": call.seq, "name": call.name or "", "arguments": jsonable(call.arguments),

@@ -250,7 +250,7 @@ class BackgroundWriter:
             self._failed()
             logger.warning("loop-middleware: store unavailable, spooling %d rows: %s", len(rows), exc)
             self._spool(rows)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self._failed()
             logger.exception("loop-middleware: unexpected write error, spooling %d rows", len(rows))
             self._spool(rows)
@@ -267,7 +267,7 @@ class BackgroundWriter:
                 self.stats.written += len(rows)
             except Exception:  # noqa: BLE001
                 self._overflow(rows)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.stats.errors += 1
             logger.exception("loop-middleware: record after close could not be saved")
 

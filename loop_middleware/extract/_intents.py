@@ -312,7 +312,11 @@ def cluster_embeddings(
         best_k, best_s = 1, 0.0
     else:
         top = max(s for _, s in curve)
-        best_k, best_s = next((k, s) for k, s in curve if s >= top * (1 - silhouette_tolerance))
+        # Within the tolerance of the best score (measured on |top|, so that a negative best
+        # score still has itself within reach).
+        best_k, best_s = next(
+            (k, s) for k, s in curve if s >= top - abs(top) * silhouette_tolerance
+        )
         if top < min_silhouette:
             best_k, best_s = 1, top
     raw = (

@@ -1,5 +1,16 @@
 """Stage 6: measure the next cohort against the last one, per intent, and keep or revert."""
 
+from ._cohorts import (
+    Cohort,
+    FixMeasurementResult,
+    cohorts_for_fix,
+    measure_all,
+    measure_fix,
+    measurement_summary,
+    propose_revert,
+    publish_revert,
+)
+from ._health import HealthSummary, loop_health
 from ._stats import (
     CohortComparison,
     GuardrailFlag,
@@ -18,17 +29,27 @@ from ._stats import (
 )
 
 __all__ = [
+    "Cohort",
     "CohortComparison",
+    "FixMeasurementResult",
     "GuardrailFlag",
+    "HealthSummary",
     "MixAdjusted",
     "RateEstimate",
     "beta_binomial_posterior_prob_improvement",
+    "cohorts_for_fix",
     "compare_rates",
     "guardrail_check",
     "information_fraction",
+    "loop_health",
+    "measure_all",
+    "measure_fix",
+    "measurement_summary",
     "mix_adjusted_rates",
     "newcombe_diff_interval",
     "obf_alpha_spent",
+    "propose_revert",
+    "publish_revert",
     "sample_size_per_group",
     "sequential_boundaries",
     "wilson_interval",

@@ -69,6 +69,9 @@ TABLES: dict[str, type[SQLModel]] = {
 _KEEP_FIRST = {
     "thread": {"created_at"},
     "prompt_version": {"first_seen"},
+    # when a root cause was first diagnosed / a fix first proposed: kept across re-saves
+    "diagnosis": {"created_at"},
+    "fix": {"created_at"},
 }
 
 

@@ -143,3 +143,38 @@ def test_content_can_be_kept_off_spans(sqlite_url: str, tmp_path: Path) -> None:
 
 def test_system_message_passed_as_object() -> None:
     assert version_of(SystemMessage("x").text)[0].sha256 == sha256_text("x")
+
+
+def test_private_data_is_redacted_before_store_and_spans(sqlite_url: str, tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    handler = LoopCallbackHandler(sqlite_url, tracer_provider=provider)
+    secret = "sk-proj-Q1w2E3r4T5y6U7i8O9p0AsDfGhJkLzXc"
+    graph = build_graph(
+        fake_model(tool_call("order_lookup", {"order_id": "7", "email": "ann@example.com"}),
+                   reply("Card 4111 1111 1111 1111 is on file for ann@example.com")),
+        [order_lookup],
+    )
+    run(graph, handler, "pii", f"my api key {secret} leaked, mail me at ann@example.com")
+    handler.flush()
+    t = reopen(sqlite_url).get_thread("pii")
+    assert t is not None
+    stored = t.model_dump_json()
+    spans = " ".join(str(v) for s in exporter.get_finished_spans() for v in s.attributes.values())
+    for text in (stored, spans):
+        assert secret not in text
+        assert "ann@example.com" not in text
+        assert "4111 1111 1111 1111" not in text
+    assert "[REDACTED" in t.turns[0].user_text or "[" in t.turns[0].user_text
+    assert t.turns[0].tool_calls[0].arguments["order_id"] == "7"  # ordinary values kept
+    # the prompt version is still recognised (versions are taken before redaction)
+    assert t.turns[0].llm_calls[0].prompt_version is not None
+
+
+def test_redaction_can_be_switched_off(sqlite_url: str) -> None:
+    handler = LoopCallbackHandler(sqlite_url, redact=False)
+    graph = build_graph(fake_model(reply("ok")), [order_lookup])
+    run(graph, handler, "raw", "mail me at ann@example.com")
+    handler.flush()
+    assert reopen(sqlite_url).get_thread("raw").turns[0].user_text == "mail me at ann@example.com"  # type: ignore[union-attr]
