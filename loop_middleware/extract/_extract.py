@@ -141,7 +141,7 @@ def _fitted_tfidf(
     blob = store.get_meta(TFIDF_KEY) if model is not None else None
     if blob:
         # Our own store's data, written by the branch below.
-        emb._pipeline = pickle.loads(base64.b64decode(blob))  # noqa: S301
+        emb._pipeline = pickle.loads(base64.b64decode(blob))
         emb._dim = int(emb._pipeline.steps[1][1].n_components)
         if emb.dim == model.dim:  # type: ignore[union-attr]
             return model
