@@ -183,19 +183,33 @@ def run_demo(
     # 6. merge (standing in for a human merge)
     say("[5/7] merge: applying the approved branches to main (the demo stands in for a human "
         "merge; nothing is ever merged by the loop itself)")
+    from .prompts import sha256_text
+
     merged_at = datetime.now(UTC).isoformat()
-    final_fixes: list[Fix] = []
+    shipped: list[Fix] = []
+    others: list[Fix] = []
     for f in store.load_fixes():
-        if f.branch and f.status in ("approved", "opened"):
-            try:
-                _git(repo, "merge", "--no-ff", "-q", "-m", f"Merge {f.branch}: {f.title}", f.branch)
-            except subprocess.CalledProcessError as exc:
-                _git(repo, "merge", "--abort")
-                say(f"      could not merge {f.branch}: {exc.stderr.strip()[:200]}")
-                final_fixes.append(f)
-                continue
-            f = f.model_copy(update={"status": "merged", "details": {**f.details, "merged_at": merged_at}})
-        final_fixes.append(f)
+        if not (f.branch and f.status in ("approved", "opened")):
+            others.append(f)
+            continue
+        try:
+            _git(repo, "merge", "--no-ff", "-q", "-m", f"Merge {f.branch}: {f.title}", f.branch)
+        except subprocess.CalledProcessError as exc:
+            _git(repo, "merge", "--abort")
+            say(f"      could not merge {f.branch}: {exc.stderr.strip()[:200]}")
+            others.append(f)
+            continue
+        shipped.append(f)
+    # Several fixes may land in one prompt file together: each one's "after" cohort is the
+    # traffic served by the file as merged, its "before" cohort the version it was made against.
+    final_fixes = others + [
+        f.model_copy(update={"status": "merged", "details": {
+            **f.details, "merged_at": merged_at,
+            **({"after_sha256": sha256_text((repo / f.target_file).read_text(encoding="utf-8"))}
+               if str(f.kind) in ("prompt_edit", "revert") else {}),
+        }})
+        for f in shipped
+    ]
     store.save_fixes(final_fixes)
 
     # 7. cohort 2 on the merged prompt and config, then measure
