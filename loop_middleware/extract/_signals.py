@@ -377,13 +377,90 @@ def detect_signals(
 
 def _rx(*patterns: str) -> re.Pattern[str]:
     """One case-insensitive regex from alternatives; a plain ``'`` also matches a curly ``’``."""
-    return re.compile("|".join(f"(?:{p})" for p in patterns).replace("'", "['’]"), re.IGNORECASE)
+    return _word_start_guard(
+        re.compile("|".join(f"(?:{p})" for p in patterns).replace("'", "['’]"), re.IGNORECASE)
+    )
 
 
 def _rx_groups(groups: Mapping[str, Sequence[str]]) -> re.Pattern[str]:
     """One regex with a named group per reason, so ``match.lastgroup`` tells which one fired."""
     body = "|".join(f"(?P<{name}>{'|'.join(f'(?:{p})' for p in pats)})" for name, pats in groups.items())
-    return re.compile(body.replace("'", "['’]"), re.IGNORECASE)
+    return _word_start_guard(re.compile(body.replace("'", "['’]"), re.IGNORECASE))
+
+
+# --- speed: a cheap guard in front of the phrase regexes ---------------------------------------
+# A phrase regex is a long alternation whose branches start with ``\b``; ``re`` cannot skip ahead
+# on a ``\b``, so it tries every branch at every position of the text. When *every* branch
+# provably starts at a word start (``\b`` followed by a word character, or ``^``), no match can
+# start right after a word character, and a leading ``(?<!\w)`` lets ``re`` reject those
+# positions at once: the same matches (spans, groups), about twice as fast. The proof is done on
+# the parsed pattern at import; a pattern it cannot prove is left exactly as written.
+
+_WORD_CHAR = re.compile(r"\w")
+
+
+def _word_start_guard(rx: re.Pattern[str]) -> re.Pattern[str]:
+    if rx.flags & (re.MULTILINE | re.VERBOSE):
+        return rx
+    try:
+        from re import _parser  # type: ignore[attr-defined]  # the stdlib's own regex parser
+
+        parsed = list(_parser.parse(rx.pattern, rx.flags))
+        if not _starts_at_word_start(parsed, _parser):
+            return rx
+        return re.compile(rf"(?<!\w)(?:{rx.pattern})", rx.flags)
+    except Exception:  # noqa: BLE001 - private parser API changed: keep the regex as is
+        return rx
+
+
+def _starts_at_word_start(seq: list[Any], p: Any) -> bool:
+    """Every match of ``seq`` starts at 0 (``^``) or at a word boundary before a word character."""
+    if not seq:
+        return False
+    op, av = seq[0]
+    if op is p.AT:
+        if av in (p.AT_BEGINNING, p.AT_BEGINNING_STRING):
+            return True
+        return av is p.AT_BOUNDARY and _consumes_word_char(seq[1:], p)
+    if op is p.BRANCH:
+        return all(_starts_at_word_start(list(b) + seq[1:], p) for b in av[1])
+    if op is p.SUBPATTERN and not av[1] and not av[2]:  # (group, add flags, del flags, body)
+        return _starts_at_word_start(list(av[3]) + seq[1:], p)
+    return False
+
+
+def _consumes_word_char(seq: list[Any], p: Any) -> bool:
+    """The first character any match of ``seq`` consumes is a word character."""
+    if not seq:
+        return False
+    op, av = seq[0]
+    rest = seq[1:]
+    if op is p.LITERAL:
+        return _WORD_CHAR.match(chr(av)) is not None
+    if op is p.IN:
+        return all(_word_set_item(o, a, p) for o, a in av)
+    if op in (p.MAX_REPEAT, p.MIN_REPEAT):
+        low, _high, body = av
+        first = _consumes_word_char(list(body) + rest, p)
+        return first if low >= 1 else first and _consumes_word_char(rest, p)
+    if op is p.BRANCH:
+        return all(_consumes_word_char(list(b) + rest, p) for b in av[1])
+    if op is p.SUBPATTERN and not av[1] and not av[2]:
+        return _consumes_word_char(list(av[3]) + rest, p)
+    if op in (p.AT, p.ASSERT, p.ASSERT_NOT):  # zero-width: the next item consumes first
+        return _consumes_word_char(rest, p)
+    return False
+
+
+def _word_set_item(op: Any, av: Any, p: Any) -> bool:
+    if op is p.LITERAL:
+        return _WORD_CHAR.match(chr(av)) is not None
+    if op is p.RANGE:
+        low, high = av
+        return high - low < 4096 and all(_WORD_CHAR.match(chr(c)) for c in range(low, high + 1))
+    if op is p.CATEGORY:
+        return av in (p.CATEGORY_WORD, p.CATEGORY_DIGIT, p.CATEGORY_UNI_WORD, p.CATEGORY_UNI_DIGIT)
+    return False
 
 
 def _clip(text: str, start: int = 0, end: int | None = None, limit: int = 200) -> str:
@@ -657,6 +734,22 @@ _TOOL_ERROR_RX = _rx_groups({
     "error_field": (r"\"(?:error|exception|err)\"\s*:(?!\s*(?:null\b|false\b|\"\"|\{\s*\}|\[\s*\]|0\b))", r"\"status\"\s*:\s*\"(?:error|failed|failure)\""),
     "error_prefix": (r"^[\s\[*(]{0,3}(?:error|exception|fatal|failed|failure)\b",),
 })
+# Speed: every branch of _TOOL_ERROR_RX contains one of these words (case-insensitively), so a
+# result without any of them cannot match and skips the regex (most tool results). KEEP IN SYNC
+# when adding a branch above. ``re.IGNORECASE`` also matches ASCII letters to 4 non-ASCII ones
+# (ſ K İ ı) that ``str.lower`` keeps apart: they are folded first, so the check never misses.
+_TOOL_ERROR_WORDS = (
+    "err", "exception", "traceback", "http", "status", "gateway", "unavailable", "time", "conn",
+    "unauthorized", "forbidden", "rate limit", "too many requests", "fatal", "fail",
+)
+_RE_ASCII_FOLD = str.maketrans({"ſ": "s", "K": "k", "İ": "i", "ı": "i"})
+
+
+def _may_be_tool_error(result: str) -> bool:
+    low = result[:4000].translate(_RE_ASCII_FOLD).lower()
+    return any(w in low for w in _TOOL_ERROR_WORDS)
+
+
 _TOOL_ERROR_CONFIDENCE = {
     "traceback": 0.9,
     "server_error": 0.9,
@@ -700,6 +793,8 @@ _ID_KEYWORD_RX = _rx(
     r"(?:bestell|auftrag|sendung|referenz|buchung|kunden|rechnung|konto|paket)",
     r"#",
 )
+_DIGIT_RX = re.compile(r"\d")
+_DIGITS3_RX = re.compile(r"\d{3}")  # every _ID_VALUE_RX match has 3 digits in a row
 _ID_VALUE_RX = re.compile(r"(?<![\w@.#])(?:#\s?\w{0,4}-?\d{3,}|[A-Za-z]{1,4}-?\d{4,}|\d{5,})(?![\w@])")
 _EMAIL_VALUE_RX = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _PHONE_VALUE_RX = re.compile(r"(?<![\w+])\+?\d[\d\s().-]{5,}\d(?!\w)")
@@ -917,6 +1012,10 @@ def _near_duplicate(a: str, b: str, ctx: DetectionContext) -> float | None:
 
 def _shouting(text: str) -> tuple[int, int] | None:
     """The span of a run of >= 3 ALL-CAPS words (>= 10 letters), if the message shouts."""
+    # Speed: each upper-case word holds an upper-case character, so fewer than 3 of those in the
+    # whole text cannot shout (most messages: "I" and a capital at the start).
+    if sum(map(str.isupper, text)) < 3:
+        return None
     run_start = run_end = -1
     run_words = run_letters = 0
     best: tuple[int, int] | None = None
@@ -1087,7 +1186,7 @@ def tool_error(thread: Thread, ctx: DetectionContext) -> list[Signal]:
                                    tool=call.name, reason="error", tool_call_id=call.id))
                 continue
             result = call.result or ""
-            m = _TOOL_ERROR_RX.search(result, 0, 4000)
+            m = _TOOL_ERROR_RX.search(result, 0, 4000) if _may_be_tool_error(result) else None
             if m:
                 reason = m.lastgroup or "error"
                 out.append(_signal(thread, "tool_error", turn, _clip(result, m.start(), m.end(), limit),
@@ -1227,14 +1326,21 @@ def context_loss(thread: Thread, ctx: DetectionContext) -> list[Signal]:
     budget_turns = dropped_turns = 0
     max_tokens = 0
     history: list[Message] = []  # user/assistant messages of the turns before the current one
+    history_size = 0  # == _conversation_size(history), kept up to date instead of recounted
     given: dict[str, list[tuple[str, int]]] = {"id": [], "email": [], "phone": []}
     agent_asked_for: set[str] = set()
+    budgets: dict[str | None, int] = {}  # context_budget() per model: one prefix scan per model
+
+    def budget(model: str | None) -> int:
+        if model not in budgets:
+            budgets[model] = ctx.context_budget(model)
+        return budgets[model]
 
     for turn in thread.turns:
         users = _user_messages(turn)
         # 1. Token budget.
         over = [c for c in turn.llm_calls
-                if c.input_tokens is not None and c.input_tokens > ctx.context_budget(c.model)]
+                if c.input_tokens is not None and c.input_tokens > budget(c.model)]
         if over:
             budget_turns += 1
             worst = max(over, key=lambda c: c.input_tokens or 0)
@@ -1244,9 +1350,9 @@ def context_loss(thread: Thread, ctx: DetectionContext) -> list[Signal]:
                 if src.strip():
                     budget_hit = _signal(thread, "context_loss", turn, _clip(src, 0, None, limit), 0.9,
                                          reason="token_budget", input_tokens=worst.input_tokens,
-                                         budget=ctx.context_budget(worst.model), model=worst.model)
+                                         budget=budget(worst.model), model=worst.model)
         # 2. Messages dropped from the LLM input.
-        expected = _conversation_size(history) + len(users)
+        expected = history_size + len(users)
         for call in turn.llm_calls:
             if not call.input_messages:
                 continue  # input not captured: nothing to compare
@@ -1266,18 +1372,23 @@ def context_loss(thread: Thread, ctx: DetectionContext) -> list[Signal]:
         # 3. Entities the user gives, then the agent asking for them again.
         for msg in users:
             text = msg.content
-            for v in _EMAIL_VALUE_RX.findall(text):
-                given["email"].append((v, turn.index))
-            if _ID_KEYWORD_RX.search(text) or "id" in agent_asked_for:
-                for v in _ID_VALUE_RX.findall(text):
-                    if "@" not in v:
-                        given["id"].append((v.lstrip("#").strip(), turn.index))
-            # The "phone" group of the ask regex doubles as the keyword when a user gives one.
-            phone_kw = any(m.lastgroup == "phone" for m in _ASK_ENTITY_RX.finditer(text))
-            if phone_kw or "phone" in agent_asked_for:
-                for v in _PHONE_VALUE_RX.findall(text):
-                    if sum(c.isdigit() for c in v) >= 7:
-                        given["phone"].append((v.strip(), turn.index))
+            # Speed: an email needs an "@", an id 3 digits in a row, a phone number a digit; most
+            # messages have none, and then the keyword regexes need not run (same result).
+            if "@" in text:
+                for v in _EMAIL_VALUE_RX.findall(text):
+                    given["email"].append((v, turn.index))
+            if _DIGIT_RX.search(text) is not None:
+                if (_DIGITS3_RX.search(text) is not None
+                        and ("id" in agent_asked_for or _ID_KEYWORD_RX.search(text))):
+                    for v in _ID_VALUE_RX.findall(text):
+                        if "@" not in v:
+                            given["id"].append((v.lstrip("#").strip(), turn.index))
+                # The "phone" group of the ask regex doubles as the keyword when a user gives one.
+                if "phone" in agent_asked_for or any(
+                        m.lastgroup == "phone" for m in _ASK_ENTITY_RX.finditer(text)):
+                    for v in _PHONE_VALUE_RX.findall(text):
+                        if sum(c.isdigit() for c in v) >= 7:
+                            given["phone"].append((v.strip(), turn.index))
             m = _USER_SAYS_LOST_RX.search(text)
             if m and turn.index > 0:
                 out.append(_signal(thread, "context_loss", turn, _clip(text, m.start(), m.end(), limit),
@@ -1303,7 +1414,9 @@ def context_loss(thread: Thread, ctx: DetectionContext) -> list[Signal]:
                                        reason="asks_again", entity=kind, value=value,
                                        given_in_turn=given_at))
                     break
-        history.extend(m for m in turn.messages if m.role in ("user", "assistant"))
+        added = [m for m in turn.messages if m.role in ("user", "assistant")]
+        history.extend(added)
+        history_size += _conversation_size(added)
 
     if budget_hit is not None:
         budget_hit.details.update(turns_affected=budget_turns, max_input_tokens=max_tokens)
