@@ -240,14 +240,20 @@ def read_text(repo_dir: Path, rel: str) -> str | None:
         return None
 
 
-def resolve_prompt_path(path: str | None, repo_dir: Path) -> str:
+def resolve_prompt_path(path: str | None, repo_dir: Path, sha256: str | None = None) -> str:
     """The repository-relative POSIX path of a prompt path recorded at capture time.
 
     Absolute paths are made relative to ``repo_dir`` (capture records the path the host loaded,
-    usually absolute); relative paths are taken as relative to the root.
+    usually absolute); relative paths are taken as relative to the root. An absolute path from
+    *another checkout* (production ran from ``/app``, the loop runs in a CI clone) is mapped to
+    the repository by its longest suffix naming an existing file there: with at least a folder
+    and a file name (``prompts/support.md``), or a bare file name whose content hashes to
+    ``sha256`` (the prompt version that was served). The caller still checks the result against
+    the allowed globs.
 
     Raises:
-        PathNotAllowedError: No path, a path outside the repository, or one with ``..``.
+        PathNotAllowedError: No path, a path outside the repository that maps to no file in it,
+            or one with ``..``.
     """
     if not path or not path.strip():
         raise PathNotAllowedError("the diagnosis names no prompt file")
@@ -261,6 +267,15 @@ def resolve_prompt_path(path: str | None, repo_dir: Path) -> str:
         for base in (Path(os.path.normpath(str(repo_dir.absolute()))), root):
             if norm.is_relative_to(base):
                 return norm.relative_to(base).as_posix()
+        parts = [x for x in norm.as_posix().split("/") if x]
+        for k in range(len(parts) - 1, 0, -1):
+            rel = "/".join(parts[-k:])
+            text = read_text(root, rel)
+            if text is None:
+                continue
+            if k >= 2 or (sha256 is not None and _sha(text) == sha256):
+                logger.debug("prompt path %s mapped to %s in %s", path, rel, root)
+                return rel
         raise PathNotAllowedError(
             f"refusing prompt path {path!r}: it is outside the repository {str(root)!r}"
         )
@@ -739,7 +754,7 @@ def _questions(d: Diagnosis, threads: Mapping[str, Thread], limit: int, chars: i
 
 def coverage_gap_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> ProposedEdit | None:
     """Append a marked, drafted section about the intent's topic to the prompt that served it."""
-    rel = resolve_prompt_path(d.prompt_path, repo_dir)
+    rel = resolve_prompt_path(d.prompt_path, repo_dir, d.prompt_sha256)
     text = read_text(repo_dir, rel)
     if text is None:
         return None
@@ -797,7 +812,7 @@ _ANSWER_SECTIONS = (r"how to answer", r"\brules?\b", r"guideline", r"instruction
 
 def ungrounded_answer_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> ProposedEdit | None:
     """Tell the agent to answer only from tool results and to say so when the search is empty."""
-    rel = resolve_prompt_path(d.prompt_path, repo_dir)
+    rel = resolve_prompt_path(d.prompt_path, repo_dir, d.prompt_sha256)
     text = read_text(repo_dir, rel)
     if text is None:
         return None
@@ -875,7 +890,7 @@ def context_loss_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> Propose
 
 def _prompt_rel_or_none(d: Diagnosis, repo_dir: Path) -> str | None:
     try:
-        return resolve_prompt_path(d.prompt_path, repo_dir)
+        return resolve_prompt_path(d.prompt_path, repo_dir, d.prompt_sha256)
     except PathNotAllowedError:
         return None
 
@@ -1103,7 +1118,8 @@ def regression_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> ProposedE
     old_sha, new_sha = details.get("old_sha256"), details.get("new_sha256")
     if not isinstance(old_sha, str) or not isinstance(new_sha, str):
         return None
-    rel = resolve_prompt_path(details.get("prompt_path") or d.prompt_path, repo_dir)
+    rel = resolve_prompt_path(details.get("prompt_path") or d.prompt_path, repo_dir,
+                              str(details.get("new_sha256") or d.prompt_sha256 or "") or None)
     current = read_text(repo_dir, rel)
     if current is None:
         return None

@@ -186,7 +186,7 @@ def _turn(thread_id: str, index: int, msgs: Sequence[BaseMessage], calls: Sequen
             for tc in m.tool_calls:
                 args[str(tc.get("id"))] = (tc["name"], tc.get("args"))
             call = calls[ai_seen] if ai_seen < len(calls) else {"input": [], "model": None}
-            usage = m.usage_metadata or {}
+            usage: Mapping[str, Any] = m.usage_metadata or {}
             llm_calls.append(LLMCall(
                 id=f"{thread_id}-{index}-llm{ai_seen}", seq=seq, model=call["model"],
                 input_messages=[_message(x) for x in call["input"]], output_messages=[_message(m)],
@@ -411,15 +411,18 @@ class ReplayGuard:
 
         with tempfile.TemporaryDirectory(prefix="loop-replay-") as tmp:
             tmpdir = Path(tmp)
+            cfg_candidate: Path | None
             if is_config:
-                prompt_dir = self._prompt_dir_for(diagnosis, root)
-                if prompt_dir is None:
+                found_dir = self._prompt_dir_for(diagnosis, root)
+                if found_dir is None:
                     return not_run("no prompt directory to build the agent from (set prompt_dir)")
-                cand_prompt_dir = prompt_dir
+                prompt_dir = cand_prompt_dir = found_dir
                 cfg_current = target_path
-                cfg_candidate = tmpdir / "config" / target_path.name
-                cfg_candidate.parent.mkdir()
-                cfg_candidate.write_bytes(after_text.encode("utf-8"))
+                # Same file name in a scratch folder: the factory reads the patched copy.
+                patched = tmpdir / "config" / target_path.name
+                patched.parent.mkdir()
+                patched.write_bytes(after_text.encode("utf-8"))
+                cfg_candidate = patched
             else:
                 prompt_dir = target_path.parent
                 cand_prompt_dir = tmpdir / "prompts"
@@ -520,7 +523,7 @@ class ReplayGuard:
 
     def _prompt_dir_for(self, diagnosis: Diagnosis, root: Path) -> Path | None:
         try:
-            rel = resolve_prompt_path(diagnosis.prompt_path, root)
+            rel = resolve_prompt_path(diagnosis.prompt_path, root, diagnosis.prompt_sha256)
         except PathNotAllowedError:
             rel = None
         if rel is not None and (root / rel).is_file():

@@ -17,6 +17,7 @@ import yaml
 from loop_middleware.diagnose import DiagnoseConfig
 from loop_middleware.diagnose._hypotheses import CellContext, regression
 from loop_middleware.diagnose._stats import CellStat
+from loop_middleware.errors import PathNotAllowedError
 from loop_middleware.measure._stats import sample_size_per_group
 from loop_middleware.patch import (
     AllowedPaths,
@@ -399,6 +400,18 @@ def test_absolute_prompt_path_inside_the_repo_is_made_relative(repo: Path) -> No
     assert only_fix(propose_fixes([d], repo_dir=repo, allowed=ALLOWED)).target_file == "prompts/support.md"
 
 
+def test_absolute_path_from_another_checkout_maps_by_suffix(repo: Path) -> None:
+    # Production loaded /app/prompts/support.md; the loop runs in a clone elsewhere.
+    assert resolve_prompt_path("/app/prompts/support.md", repo) == "prompts/support.md"
+    (repo / "support.md").write_text("# root prompt\n")
+    with pytest.raises(PathNotAllowedError):  # a bare file name alone is not enough...
+        resolve_prompt_path("/srv/x/support.md", repo)
+    # ...unless the file holds the very prompt version that was served.
+    assert resolve_prompt_path("/srv/x/support.md", repo, sha("# root prompt\n")) == "support.md"
+    with pytest.raises(PathNotAllowedError):
+        resolve_prompt_path("/app/prompts/missing.md", repo)
+
+
 def test_config_edit_outside_the_globs_is_refused(repo: Path) -> None:
     d, _, _ = CASES["context_loss"]
     skipped: list[SkippedDiagnosis] = []
@@ -545,3 +558,16 @@ def test_llm_failure_falls_back_to_the_template(repo: Path) -> None:
                                  llm=llm))
     assert fix.details["drafted_by"] == "template" and len(llm.requests) == 1
     assert "I couldn't find that in our help center" in fix.diff
+
+
+@pytest.mark.parametrize("text", ["You are a helpful agent. Be brief.",  # no heading, no newline
+                                  "# Agent\n\n## How to answer\n- Be brief."])
+def test_edits_on_files_without_a_final_newline(repo: Path, text: str) -> None:
+    (repo / "prompts" / "support.md").write_text(text)
+    git(repo, "-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-qam", "plain")
+    for d in (CASES["ungrounded_answer"][0], CASES["coverage_gap"][0]):
+        fix = only_fix(propose_fixes([d], repo_dir=repo, allowed=ALLOWED))
+        git_apply_check(repo, fix.diff)
+        after = apply_unified_diff(text, fix.diff)
+        assert after.startswith(text) and after.endswith("\n")
+        check_file_contract("prompts/support.md", text, after)
