@@ -87,7 +87,7 @@ def _ship_v2(example: Path, repo: Path) -> None:
 
 
 def _simulate(example: Path, repo: Path, store: Store, n: int, seed: int, prefix: str) -> Any:
-    from examples.support_agent import simulate  # type: ignore[import-not-found]
+    from examples.support_agent import simulate
 
     from .capture import LoopCallbackHandler
 

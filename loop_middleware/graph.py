@@ -184,11 +184,15 @@ def propose_fixes_node(state: LoopState, config: RunnableConfig) -> LoopState:
 
         cfg_path = Path(cfg.repo_dir) / cfg.agent_config if cfg.agent_config else None
         replay = ReplayGuard(_factory(cfg.agent_factory), config_path=cfg_path)
+    threads = store.list_threads() if todo else []
+    # Earlier prompt versions, so a regression can be fixed by restoring what was lost.
+    previous = {pv.sha256: pv.text for pv in store.prompt_versions()}
     fixes = propose_fixes(
         todo, repo_dir=Path(cfg.repo_dir), allowed=AllowedPaths(cfg.allowed_globs),
-        config=ProposeConfig(required_sections=cfg.required_sections, config_files=cfg.config_files),
-        threads=store.list_threads(thread_ids={e.thread_id for d in todo for e in d.evidence}) if todo else [],
-        replay=replay,
+        config=ProposeConfig(required_sections=cfg.required_sections or None,
+                             config_files=cfg.config_files),
+        threads=threads, replay=replay, assignments=store.load_assignments(),
+        previous_text=previous.get,
     )
     return {"fixes": [f.model_dump(mode="json") for f in fixes],
             "log": [f"propose_fixes: {len(fixes)} fixes for {len(todo)} new diagnoses "
@@ -269,7 +273,8 @@ def open_prs(state: LoopState, config: RunnableConfig) -> LoopState:
                                  allowed=allowed, base_url=cfg.github_base_url,
                                  base_branch=cfg.base_branch or "main")
     fixes = [Fix.model_validate(f) for f in state.get("fixes", [])]
-    published, out = [], []
+    published: list[dict[str, Any]] = []
+    out: list[Fix] = []
     for f in fixes:
         if f.status != "approved":
             out.append(f)
@@ -309,7 +314,7 @@ def _after_propose(state: LoopState) -> str:
 
 def build_graph(checkpointer: Any = None) -> Any:
     """Compile the improvement graph (pass a checkpointer to pause and resume locally)."""
-    g: StateGraph[LoopState] = StateGraph(LoopState)  # type: ignore[type-var]
+    g: StateGraph[LoopState] = StateGraph(LoopState)
     g.add_node("load_threads", load_threads)
     g.add_node("measure", measure)
     g.add_node("extract_signals", extract_signals_node)

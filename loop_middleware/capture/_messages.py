@@ -26,12 +26,28 @@ _ROLE_BY_TYPE = {
 }
 
 
+def clean_text(text: str) -> str:
+    """``text`` made storable everywhere: undecodable bytes smuggled in as lone surrogates
+    (``errors="surrogateescape"``) are decoded again with U+FFFD for what is not UTF-8, other
+    lone surrogates become U+FFFD, and NUL (which PostgreSQL text rejects) becomes U+2400."""
+    if text.isascii():
+        return text.replace("\x00", "\u2400") if "\x00" in text else text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text.replace("\x00", "\u2400") if "\x00" in text else text
+
+
 def text_of(content: Any) -> str:
     """The text of a message content (a string, or a list of parts)."""
     if content is None:
         return ""
     if isinstance(content, str):
-        return content
+        return clean_text(content)
     if isinstance(content, list):
         out: list[str] = []
         for part in content:
@@ -42,22 +58,24 @@ def text_of(content: Any) -> str:
                     out.append(part["text"])
                 elif part.get("type") not in (None, "text"):
                     out.append(f"[{part.get('type')}]")
-        return "".join(out)
-    return str(content)
+        return clean_text("".join(out))
+    return clean_text(str(content))
 
 
 def jsonable(value: Any, _depth: int = 0) -> Any:
     """A JSON-serialisable copy of ``value`` (deep structures are cut at depth 50)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if isinstance(value, str):
+        return clean_text(value)
+    if value is None or isinstance(value, (bool, int, float)):
         return value
     if _depth > 50:
         return repr(value)[:1000]
     if isinstance(value, Mapping):
-        return {str(k): jsonable(v, _depth + 1) for k, v in value.items()}
+        return {clean_text(str(k)): jsonable(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [jsonable(v, _depth + 1) for v in value]
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        return clean_text(value.decode("utf-8", "replace"))
     if isinstance(value, BaseMessage):
         return message_dict(value)
     dump = getattr(value, "model_dump", None)

@@ -22,7 +22,14 @@ from ..privacy import Redactor
 from ..prompts import PromptRegistry, default_registry, versions_in_messages
 from ..store import Store
 from ..types import PromptVersion
-from ._messages import jsonable, message_dict, messages_list, text_of, user_messages_from_inputs
+from ._messages import (
+    clean_text,
+    jsonable,
+    message_dict,
+    messages_list,
+    text_of,
+    user_messages_from_inputs,
+)
 from ._otel import SpanEmitter
 from ._writer import BackgroundWriter, Row
 
@@ -322,8 +329,8 @@ class Recorder:
 
 def _err(error: BaseException | str) -> tuple[str, str]:
     if isinstance(error, BaseException):
-        return f"{type(error).__name__}: {error}", type(error).__name__
-    return str(error), "Error"
+        return clean_text(f"{type(error).__name__}: {error}"), type(error).__name__
+    return clean_text(str(error)), "Error"
 
 
 def _output_messages(outputs: Any) -> list[dict[str, Any]]:
@@ -405,7 +412,7 @@ def _fill_tool_output(call: CallState) -> None:
         msgs = update.get("messages") if isinstance(update, dict) else None
         call.result = "\n".join(m["content"] for m in messages_list(msgs)) if msgs else repr(update)
         return
-    call.result = out if isinstance(out, str) else repr(jsonable(out))
+    call.result = clean_text(out) if isinstance(out, str) else repr(jsonable(out))
 
 
 def new_id() -> str:

@@ -75,11 +75,10 @@ class PublishResult:
     def apply_to(self, fix: Fix) -> Fix:
         """A copy of ``fix`` with ``branch``, ``pr_url`` and ``status`` updated.
 
-        ``status`` becomes ``"opened"`` once a PR exists; otherwise it is left as it was (a local
-        branch is not yet an opened PR).
+        ``status`` becomes ``"opened"``: offline, the branch with its ``.patch`` file and PR
+        body is the reviewable proposal; with GitHub, ``pr_url`` points at the draft PR.
         """
-        update: dict[str, object] = {"branch": self.branch}
+        update: dict[str, object] = {"branch": self.branch, "status": "opened"}
         if self.pr_url:
             update["pr_url"] = self.pr_url
-            update["status"] = "opened"
         return fix.model_copy(update=update)

@@ -346,7 +346,8 @@ def test_github_failure_keeps_the_local_branch(
     assert any(
         r.levelno == logging.WARNING and result.branch in r.getMessage() for r in caplog.records
     )
-    assert result.apply_to(make_fix()).status == "proposed"
+    # the local branch + patch + body stand as the reviewable proposal; the GitHub error is kept
+    assert result.apply_to(make_fix()).status == "opened"
     with pytest.raises(GitHubError):
         publish_fix(
             make_fix(),
