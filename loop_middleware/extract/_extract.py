@@ -189,6 +189,9 @@ def assign_intents(
     todo = [t for t in all_threads if t.thread_id not in known and opening_text(t)]
     texts = [opening_text(t) for t in todo]
     new_ids: list[str] = []
+    if model is None and len(texts) < 2:
+        # Too few threads to discover intents from yet: they wait for the next run.
+        return [], store.load_assignments(), [], emb_name
     try:
         vectors = _embed(emb, texts, progress)
         if model is None:

@@ -1,0 +1,77 @@
+"""The loopmw command line, on real stores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from loop_middleware import LoopCallbackHandler, Store
+from loop_middleware.cli import app
+from tests._fakes import fake_model, reply, tool_call
+from tests.capture.test_handler import build_graph, order_lookup, run
+
+runner = CliRunner()
+
+
+def _store_with_threads(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    handler = LoopCallbackHandler(url)
+    graph = build_graph(fake_model(tool_call("order_lookup", {"order_id": "5"}), reply("Order 5 shipped.")),
+                        [order_lookup])
+    run(graph, handler, "cli-1", "Where is order 5?")
+    handler.flush()
+    return url
+
+
+def test_help_explains_every_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "loop_middleware", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for cmd in ("threads", "show", "ingest", "feedback", "extract", "analyze", "propose",
+                "measure", "report", "demo"):
+        assert cmd in out
+    res = runner.invoke(app, ["propose", "--help"])
+    assert res.exit_code == 0 and "--allow" in res.output and "--yes" in res.output
+
+
+def test_threads_show_and_feedback(tmp_path: Path) -> None:
+    url = _store_with_threads(tmp_path)
+    res = runner.invoke(app, ["threads", "--db", url, "--json"])
+    assert res.exit_code == 0, res.output
+    [t] = json.loads(res.stdout)
+    assert t["thread_id"] == "cli-1" and t["turns"][0]["tool_calls"][0]["name"] == "order_lookup"
+    res = runner.invoke(app, ["show", "cli-1", "--db", url])
+    assert res.exit_code == 0 and "Where is order 5?" in res.output and "order_lookup" in res.output
+    res = runner.invoke(app, ["feedback", "cli-1", "--thumbs", "down", "--comment", "slow", "--db", url])
+    assert res.exit_code == 0
+    assert Store(url).get_thread("cli-1").feedback[0].label == "thumbs_down"  # type: ignore[union-attr]
+
+
+def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["threads", "--db", str(tmp_path / "missing.db")])
+    assert res.exit_code == 1 and "no store at" in res.output
+    url = _store_with_threads(tmp_path)
+    res = runner.invoke(app, ["show", "nope", "--db", url])
+    assert res.exit_code == 1 and "no thread 'nope'" in res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"resourceSpans": [{"scopeSpans": [{"spans": [{"spanId": ""}]}]}]}')
+    res = runner.invoke(app, ["ingest", str(bad), "--db", url])
+    assert res.exit_code == 0 and "skipped" in res.output and "traceId" in res.output
+    res = runner.invoke(app, ["ingest", str(tmp_path / "nothing.json"), "--db", url])
+    assert res.exit_code == 1 and "cannot read" in res.output
+    res = runner.invoke(app, ["feedback", "cli-1", "--thumbs", "sideways", "--db", url])
+    assert res.exit_code == 1 and "'up' or 'down'" in res.output
+
+
+def test_extract_and_analyze_print_tables(tmp_path: Path) -> None:
+    url = _store_with_threads(tmp_path)
+    res = runner.invoke(app, ["extract", "--db", url, "--embedder", "tfidf"])
+    assert res.exit_code == 0, res.output
+    assert "new or updated threads" in res.output
+    res = runner.invoke(app, ["analyze", "--db", url, "--embedder", "tfidf"])
+    assert res.exit_code == 0 and "diagnoses over 1 threads" in res.output
+    res = runner.invoke(app, ["extract", "--db", url, "--embedder", "bogus"])
+    assert res.exit_code == 1 and "default, fast or tfidf" in res.output
