@@ -18,14 +18,16 @@ open a second pull request for it.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from scipy.stats import fisher_exact
+from statsmodels.stats.multitest import multipletests
 
 from ..errors import ConfigError
 from ..types import Diagnosis, Evidence, Intent, PromptVersion, Signal, Thread
-from ._hypotheses import CellContext, Hypothesis, explain
+from ._hypotheses import CellContext, Hypothesis, explain, regression, regression_test
 from ._stats import UNASSIGNED, CellStat, DiagnoseConfig, cell_table, significant_cells
 
 if TYPE_CHECKING:
@@ -57,6 +59,81 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+_MECHANISMS = ("ungrounded_answer", "tool_failure", "context_loss", "loop_stall")
+"""Failure modes that name an event in the thread (a tool result, dropped context, a loop)."""
+
+_OWN_MODE: Mapping[str, str] = {"ungrounded": "ungrounded_answer", "tool_error": "tool_failure",
+                                "context_loss": "context_loss", "stall": "loop_stall"}
+"""The failure mode that is the direct reading of a signal kind."""
+
+_Key = tuple[str, str]  # CellStat.key
+
+
+def _pick(cell: CellStat, hyps: Sequence[Hypothesis]) -> Hypothesis:
+    """The one cause of a cell: the mode its own signal names, else the most confident
+    mechanism, else the first of the rest (coverage_gap, then unexplained)."""
+    own = _OWN_MODE.get(cell.signal)
+    # "The conversation stalls" without a repeated tool call only restates a stall signal; a
+    # mechanism found before it (context dropped, a tool failing) is the better cause.
+    mech = [h for h in hyps if h.failure_mode in _MECHANISMS
+            and not (h.failure_mode == "loop_stall" and h.details.get("tool") is None)]
+    for h in hyps:
+        if h.failure_mode == own and (h in mech or len(mech) == 0):
+            return h
+    if mech:
+        return max(mech, key=lambda h: h.confidence)  # first on ties: HYPOTHESES order
+    return hyps[0]
+
+
+def _first_turns(signals: Sequence[Signal]) -> dict[tuple[str, str], float]:
+    """(thread id, kind) -> the earliest turn index of that kind (inf: not tied to a turn)."""
+    out: dict[tuple[str, str], float] = {}
+    for s in signals:
+        at = float(s.turn_index) if s.turn_index is not None else math.inf
+        key = (s.thread_id, s.kind)
+        out[key] = min(out.get(key, math.inf), at)
+    return out
+
+
+def _preceded(x: CellStat, y: CellStat, first: Mapping[tuple[str, str], float]) -> float:
+    """Share of ``x``'s affected sessions in which ``y``'s signal came at or before ``x``'s."""
+    if not x.thread_ids:
+        return 0.0
+    hit = 0
+    for tid in x.thread_ids:
+        at_y = first.get((tid, y.signal))
+        if at_y is not None and at_y <= first.get((tid, x.signal), math.inf):
+            hit += 1
+    return hit / len(x.thread_ids)
+
+
+def _root_key(d: Diagnosis) -> tuple[str, ...]:
+    """What a diagnosis' fix changes: two diagnoses with one key are one root cause in two places
+    (the same tool answering ungrounded in three intents, one prompt change regressing two)."""
+    mode = d.failure_mode
+    if mode == "regression":
+        return (mode, str(d.details.get("old_sha256")), str(d.details.get("new_sha256")))
+    if mode in ("ungrounded_answer", "tool_failure", "loop_stall"):
+        return (mode, str(d.details.get("tool")))
+    if mode == "context_loss":
+        return (mode,)
+    return (mode, d.intent_id or "", d.signal if mode == "unexplained" else "")
+
+
+def _rank(diagnoses: list[Diagnosis]) -> list[Diagnosis]:
+    """Explained before unexplained; within each, the first (highest-impact) diagnosis of each
+    root cause before the repeats of a root cause already listed; then by impact."""
+    by_impact = sorted(diagnoses, key=lambda d: (-d.impact, -d.confidence, d.q_value, d.id))
+    seen: set[tuple[str, ...]] = set()
+    repeat: dict[str, bool] = {}
+    for d in by_impact:
+        k = _root_key(d)
+        repeat[d.id] = k in seen
+        seen.add(k)
+    return sorted(by_impact, key=lambda d: (d.failure_mode == "unexplained", repeat[d.id],
+                                            -d.impact, -d.confidence, d.q_value, d.id))
+
+
 def diagnose(
     threads: Sequence[Thread],
     signals: Sequence[Signal],
@@ -67,6 +144,26 @@ def diagnose(
     llm: DiagnosisWriter | None = None,
 ) -> list[Diagnosis]:
     """Diagnose why intents fail: significant intent x signal cells, explained and ranked by impact.
+
+    Steps (all deterministic):
+
+    1. User-side signals on a thread's first turn (``opening_excluded_signals``) are set aside:
+       the agent had not answered yet.
+    2. Cells are tested (Fisher + Benjamini-Hochberg, :func:`cell_table`); each significant cell
+       gets **one** cause (:func:`_pick`: the mode its own signal names, else the most confident
+       mechanism, else ``coverage_gap``, else ``unexplained``).
+    3. Every cell with enough sessions on two prompt versions is tested for a version jump,
+       significant or not as a cell; the jumps that pass BH at ``regression_alpha`` become
+       ``regression`` diagnoses, and a cell with such a jump keeps no ``coverage_gap`` /
+       ``unexplained`` cause of its own (the change explains it).
+    4. A cell whose affected sessions mostly (``min_support``) had another explained cell's
+       signal of the same intent at or before their own failure -- and not the other way round --
+       is a consequence of it (users who get refused then get frustrated and leave): it joins
+       that cell's diagnosis instead of getting its own. One intent, one diagnosis per cause.
+    5. Ranking: explained before unexplained, a root cause's first diagnosis before its repeats
+       in other intents (:func:`_root_key`), then impact. A regression's impact counts only the
+       sessions the change added (``excess_sessions``: affected on the new version beyond the
+       old version's rate).
 
     Args:
         threads: Every session analysed (the denominator of ``share_of_sessions``).
@@ -80,13 +177,18 @@ def diagnose(
             offline sentence is kept).
 
     Returns:
-        One :class:`~loop_middleware.types.Diagnosis` per (intent, failure mode), highest impact
-        first. Empty when no cell passes the false-discovery-rate control.
+        One :class:`~loop_middleware.types.Diagnosis` per (intent, root cause), in the order
+        above. Empty when no cell passes the false-discovery-rate control.
     """
     cfg = config if config is not None else DiagnoseConfig()
     if not isinstance(cfg, DiagnoseConfig):
         raise ConfigError(f"config must be a DiagnoseConfig, got {type(cfg).__name__}")
-    cells = significant_cells(cell_table(threads, signals, assignments, config=cfg), cfg)
+    first_turn = {t.thread_id: min((tt.index for tt in t.turns), default=0) for t in threads}
+    signals = [s for s in signals
+               if not (s.kind in cfg.opening_excluded_signals and s.turn_index is not None
+                       and s.turn_index == first_turn.get(s.thread_id))]
+    all_cells = cell_table(threads, signals, assignments, config=cfg)
+    cells = significant_cells(all_cells, cfg)
     if not cells:
         return []
     intents_by_id = {i.id: i for i in intents}
@@ -100,20 +202,83 @@ def diagnose(
             signals_by_thread.setdefault(s.thread_id, []).append(s)
 
     shared: dict[str, Any] = {}
+    others_of: dict[str | None, list[Thread]] = {}
+
+    def context(cell: CellStat) -> CellContext:
+        if cell.intent_id not in others_of:
+            in_ids = {t.thread_id for t in members.get(cell.intent_id, [])}
+            others_of[cell.intent_id] = [t for t in threads if t.thread_id not in in_ids]
+        return CellContext(cell=cell, intent=intents_by_id.get(cell.intent_id or ""),
+                           intent_threads=members.get(cell.intent_id, []),
+                           other_threads=others_of[cell.intent_id],
+                           signals_by_thread=signals_by_thread, config=cfg, shared=shared)
+
+    # 3. Version jumps, in every cell with enough sessions (BH across the cells tested).
+    tests: list[tuple[CellStat, CellContext, dict[str, Any]]] = []
+    for cell in all_cells:
+        if cell.sessions_affected < cfg.min_sessions:
+            continue
+        ctx = context(cell)
+        if (test := regression_test(ctx)) is not None:
+            tests.append((cell, ctx, test))
+    regressions: dict[_Key, tuple[CellStat, Hypothesis]] = {}
+    if tests:
+        qs = multipletests([t["p_adjusted"] for _, _, t in tests], method="fdr_bh")[1]
+        for (cell, ctx, test), q in zip(tests, qs, strict=True):
+            if (h := regression(ctx, test, float(min(1.0, q)))) is not None:
+                regressions[cell.key] = (cell, h)
+
+    # 2. One cause per significant cell.
+    causes: dict[_Key, tuple[CellStat, Hypothesis]] = {}
+    for cell in cells:  # in rank order
+        h = _pick(cell, explain(context(cell), skip=("regression",)))
+        if cell.key in regressions and h.failure_mode in ("coverage_gap", "unexplained"):
+            continue
+        causes[cell.key] = (cell, h)
+
+    # 4. Consequences join the cause they follow.
+    first = _first_turns(signals)
+    order = {key: i for i, key in enumerate(causes)}
+    parent: dict[_Key, _Key] = {}
+    for xk, (x, _) in causes.items():
+        best: tuple[float, int, _Key] | None = None
+        for yk, (y, hy) in causes.items():
+            if yk == xk or y.intent_id != x.intent_id or hy.failure_mode == "unexplained":
+                continue
+            pxy = _preceded(x, y, first)
+            if pxy >= cfg.min_support and pxy > _preceded(y, x, first):
+                cand = (-pxy, order[yk], yk)
+                best = cand if best is None or cand < best else best
+        if best is not None:
+            parent[xk] = best[2]
+
+    def root(key: _Key) -> _Key:
+        seen = {key}
+        while key in parent and parent[key] not in seen:
+            key = parent[key]
+            seen.add(key)
+        return key
+
     groups: dict[tuple[str | None, str], list[tuple[CellStat, Hypothesis]]] = {}
-    for cell in cells:  # already in rank order: the first member of a group is its primary
-        intent_threads = members.get(cell.intent_id, [])
-        in_ids = {t.thread_id for t in intent_threads}
-        ctx = CellContext(cell=cell, intent=intents_by_id.get(cell.intent_id or ""),
-                          intent_threads=intent_threads,
-                          other_threads=[t for t in threads if t.thread_id not in in_ids],
-                          signals_by_thread=signals_by_thread, config=cfg, shared=shared)
-        for h in explain(ctx):
-            groups.setdefault((cell.intent_id, h.failure_mode), []).append((cell, h))
+    for key in sorted(causes, key=lambda k: (root(k) != k, order[k])):  # roots lead their group
+        r = root(key)
+        cell, h = causes[key]
+        if r != key:
+            h = Hypothesis(failure_mode=causes[r][1].failure_mode, clause=causes[r][1].clause,
+                           confidence=h.confidence, evidence=h.evidence,
+                           details={"follows": causes[r][0].signal,
+                                    "preceded_share": round(_preceded(cell, causes[r][0], first), 4)})
+        groups.setdefault((cell.intent_id, h.failure_mode), []).append((cell, h))
+    reg_groups: dict[str | None, list[tuple[CellStat, Hypothesis]]] = {}
+    for cell, h in sorted(regressions.values(),
+                          key=lambda ch: (-ch[1].details["excess_sessions"] * ch[0].severity, ch[0].key)):
+        reg_groups.setdefault(cell.intent_id, []).append((cell, h))
 
     out = [_build(key[0], group, intents_by_id, members, signals_by_thread, cfg)
            for key, group in groups.items()]
-    out.sort(key=lambda d: (-d.impact, -d.confidence, d.q_value, d.id))
+    out += [_build(intent_id, group, intents_by_id, members, signals_by_thread, cfg, regression=True)
+            for intent_id, group in reg_groups.items()]
+    out = _rank(out)
     if llm is not None:
         by_id = {t.thread_id: t for t in threads}
         out = llm.write_all(out, by_id)
@@ -127,8 +292,16 @@ def _build(
     members: Mapping[str | None, list[Thread]],
     signals_by_thread: Mapping[str, list[Signal]],
     cfg: DiagnoseConfig,
+    *,
+    regression: bool = False,
 ) -> Diagnosis:
-    """Merge the cells of one (intent, failure mode) into one diagnosis with union numbers."""
+    """Merge the cells of one (intent, failure mode) into one diagnosis with union numbers.
+
+    For a ``regression`` group the q-value is the version-jump test's (BH across the cells
+    tested) and the impact counts only the sessions the change added (the largest
+    ``excess_sessions x severity`` of its cells), not every affected session: a cell that failed
+    at 60% before the change and 85% after owes the change 25 points, not 85.
+    """
     primary_cell, primary = group[0]
     kinds = sorted({c.signal for c, _ in group})
     intent = intents_by_id.get(intent_id or "")
@@ -154,6 +327,11 @@ def _build(
     impact = 0.0
     for tid in affected:
         impact += max(cfg.severity_of(s.kind) for s in signals_by_thread[tid] if s.kind in kinds)
+    excess = 0.0
+    if regression:
+        q = max(float(h.details["q_value"]) for _, h in group)
+        impact = max(float(h.details["excess_sessions"]) * c.severity for c, h in group)
+        excess = max(float(h.details["excess_sessions"]) for _, h in group)
 
     prompt: PromptVersion | None = next((h.prompt for _, h in group if h.prompt is not None), None)
     evidence: list[Evidence] = []
@@ -168,9 +346,14 @@ def _build(
     what = " and ".join(_SIGNAL_PHRASES.get(k, f"shows {k}") for k in
                         [primary_cell.signal, *[k for k in kinds if k != primary_cell.signal]])
     subject = f"'{name}' intent {what}"
-    numbers = (f"{a} sessions ({_pct(a / total)} of sessions); {'/'.join(kinds)} rate "
-               f"{_pct(rate_in)} in the intent vs {_pct(rate_out)} elsewhere "
-               f"(lift {lift:.1f}x, q={q:.2g})")
+    if regression:
+        numbers = (f"{a} sessions ({_pct(a / total)} of sessions), about {excess:.0f} of them added "
+                   f"by the change; {'/'.join(kinds)} rate {_pct(rate_in)} in the intent vs "
+                   f"{_pct(rate_out)} elsewhere")
+    else:
+        numbers = (f"{a} sessions ({_pct(a / total)} of sessions); {'/'.join(kinds)} rate "
+                   f"{_pct(rate_in)} in the intent vs {_pct(rate_out)} elsewhere "
+                   f"(lift {lift:.1f}x, q={q:.2g})")
     if primary.failure_mode == "unexplained":
         summary = f"{subject}, cause not identified: {numbers}"
     else:

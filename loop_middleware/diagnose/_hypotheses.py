@@ -62,6 +62,7 @@ __all__ = [
     "key_terms",
     "loop_stall",
     "regression",
+    "regression_test",
     "stem",
     "tool_failure",
     "ungrounded_answer",
@@ -470,6 +471,17 @@ def key_terms(ctx: CellContext) -> list[tuple[str, list[str]]]:
     return terms
 
 
+# Code in a prompt: `backticked spans`, snake_case / dotted identifiers and calls like
+# lookup_order( ... ). A tool named `request_refund` tells the model a function exists, not what
+# the refund policy is, so its words do not count as the prompt covering the topic.
+_CODE_RX = re.compile(r"`[^`\n]*`|\b\w+(?:[_.]\w+)+\b|\b\w+\([^)\n]*\)")
+
+
+def _prose(text: str) -> str:
+    """``text`` without its code spans and identifiers (see ``_CODE_RX``)."""
+    return _CODE_RX.sub(" ", text)
+
+
 def _stem_sequence(text: str) -> list[str]:
     return [stem(w) for w in _words(text)]
 
@@ -507,11 +519,17 @@ def coverage_gap(ctx: CellContext) -> Hypothesis | None:
     terms = key_terms(ctx)
     if not terms:
         return None
-    seq = _stem_sequence("\n".join(pv.text for pv in texts.values()))
+    seq = _stem_sequence(_prose("\n".join(pv.text for pv in texts.values())))
     stem_set = set(seq)
     missing = [(word, stems) for word, stems in terms if not _has_term(seq, stem_set, stems)]
     missing_share = len(missing) / len(terms)
     if missing_share < cfg.coverage_min_missing:
+        return None
+    # A topic missing from the prompt matters when the agent had nothing else to go on. When a
+    # tool gave it content (a help-center article, the order) before most failures, the agent
+    # was informed: the failure lies elsewhere (or the user wanted something else, e.g. a human).
+    informed = sum(_had_content(t, ctx.horizon(t)) for t in affected)
+    if len(affected) - informed < cfg.min_support * len(affected):
         return None
     target = modal_prompt(ctx)
     assert target is not None  # texts is non-empty, so some turn had a prompt
@@ -547,6 +565,7 @@ def coverage_gap(ctx: CellContext) -> Hypothesis | None:
         details={"missing_terms": missing_words, "key_terms": [w for w, _ in terms],
                  "present_terms": [w for w, stems in terms if (w, stems) not in missing],
                  "missing_share": round(missing_share, 3),
+                 "informed_by_tools": informed,
                  "prompt_versions_checked": sorted(pv.short for pv in texts.values())},
         prompt=target,
     )
@@ -574,16 +593,25 @@ def _truncate(text: str, limit: int) -> str:
     return text[: cut if cut > 0 else limit] + "\n... (diff truncated)\n"
 
 
-def regression(ctx: CellContext) -> Hypothesis | None:
-    """The signal's rate in the intent jumped from one prompt version to the next."""
+def regression_test(ctx: CellContext) -> dict[str, Any] | None:
+    """The version-jump test of a cell, fired or not (``None``: no two versions with
+    ``min_version_sessions`` sessions each).
+
+    Returns the pair with the smallest one-sided Fisher p (``old``/``new`` versions, counts,
+    ``p_value`` and ``p_adjusted`` = Bonferroni over the pairs tested), so that a caller testing
+    many cells can control the false-discovery rate across them.
+    """
     cfg = ctx.config
+    cache: dict[str, PromptVersion | None] = ctx.shared.setdefault("main_prompt", {})
     threads = ctx.intent_threads
     times = [_thread_time(t) for t in threads]
     use_time = all(ts is not None for ts in times)
     # Versions of one prompt (same path, or name) form a sequence; different prompts don't.
     seqs: dict[str, dict[str, tuple[Any, PromptVersion, list[Thread]]]] = {}
     for pos, (t, ts) in enumerate(zip(threads, times, strict=True)):
-        pv = thread_main_prompt(t)
+        if t.thread_id not in cache:
+            cache[t.thread_id] = thread_main_prompt(t)
+        pv = cache[t.thread_id]
         if pv is None:
             continue
         ident = pv.path or pv.name or "?"
@@ -611,8 +639,31 @@ def regression(ctx: CellContext) -> Hypothesis | None:
     if not pairs:
         return None
     old, new, n_old, a_old, n_new, a_new, p = min(pairs, key=lambda x: (x[6], x[1].sha256))
-    p_adj = min(1.0, p * len(pairs))
-    if p_adj > cfg.regression_alpha or a_new / n_new <= a_old / n_old:
+    return {"old": old, "new": new, "old_sessions": n_old, "old_affected": a_old,
+            "new_sessions": n_new, "new_affected": a_new, "p_value": p,
+            "p_adjusted": min(1.0, p * len(pairs)), "version_pairs_tested": len(pairs)}
+
+
+def regression(ctx: CellContext, test: dict[str, Any] | None = None,
+               q_value: float | None = None) -> Hypothesis | None:
+    """The signal's rate in the intent jumped from one prompt version to the next.
+
+    Args:
+        ctx: The cell.
+        test: Its :func:`regression_test` (computed when not given).
+        q_value: The test's false-discovery-rate adjusted p across many cells; when given it is
+            compared with ``regression_alpha`` instead of the cell's own ``p_adjusted``.
+    """
+    cfg = ctx.config
+    test = test if test is not None else regression_test(ctx)
+    if test is None:
+        return None
+    old, new = test["old"], test["new"]
+    n_old, a_old, n_new, a_new = (test["old_sessions"], test["old_affected"],
+                                  test["new_sessions"], test["new_affected"])
+    p, p_adj = test["p_value"], test["p_adjusted"]
+    level = q_value if q_value is not None else p_adj
+    if level > cfg.regression_alpha or a_new / n_new <= a_old / n_old:
         return None
     label = new.path or new.name or "the prompt"
     diff = "".join(difflib.unified_diff(
@@ -621,17 +672,23 @@ def regression(ctx: CellContext) -> Hypothesis | None:
     on_new = [t for t in ctx.affected if (pv := thread_main_prompt(t)) is not None
               and pv.sha256 == new.sha256]
     share_new = len(on_new) / max(1, len(ctx.affected))
+    stat = f"p={p_adj:.2g}" if q_value is None else f"p={p_adj:.2g}, q={q_value:.2g}"
     clause = (f"the {ctx.cell.signal} rate jumped from {_pct(a_old / n_old)} to {_pct(a_new / n_new)} "
-              f"when {label} changed from {old.short} to {new.short} (p={p_adj:.2g})")
+              f"when {label} changed from {old.short} to {new.short} ({stat})")
+    # Sessions the change added: those on the new version beyond the old version's rate.
+    excess = max(0.0, a_new - n_new * a_old / n_old)
     return Hypothesis(
         failure_mode="regression", clause=clause,
-        confidence=round((1.0 - p_adj) * share_new, 3),
+        confidence=round((1.0 - level) * share_new, 3),
         evidence=_collect_evidence((_signal_evidence(ctx, t) for t in on_new), limit=cfg.max_evidence),
         details={"old_sha256": old.sha256, "new_sha256": new.sha256, "prompt_path": new.path,
                  "old_rate": a_old / n_old, "new_rate": a_new / n_new,
                  "old_sessions": n_old, "old_affected": a_old,
                  "new_sessions": n_new, "new_affected": a_new,
-                 "p_value": p, "p_adjusted": p_adj, "version_pairs_tested": len(pairs),
+                 "p_value": p, "p_adjusted": p_adj, "version_pairs_tested": test["version_pairs_tested"],
+                 **({"q_value": q_value} if q_value is not None else {}),
+                 "excess_sessions": round(excess, 2),
+                 "new_version_thread_ids": sorted(t.thread_id for t in on_new)[:100],
                  "diff": _truncate(diff, cfg.max_diff_chars)},
         prompt=new,
     )
@@ -690,6 +747,12 @@ def _answers(turn: Turn) -> bool:
     """The turn's reply states an answer: long enough, no "couldn't find", not a question."""
     reply = turn.reply_text.strip()
     return len(reply) >= 20 and not _ADMITS_RX.search(reply) and not reply.endswith(("?", "？"))
+
+
+def _had_content(thread: Thread, horizon: int | None) -> bool:
+    """Some tool returned content (neither empty nor an error) up to ``horizon``."""
+    return any(not _is_error(c) and not _is_empty(c.result)
+               for turn in _turns_upto(thread, horizon) for c in turn.tool_calls)
 
 
 def _retrieval_rx(cfg: DiagnoseConfig) -> re.Pattern[str]:
@@ -871,7 +934,7 @@ def _turn_knee(ctx: CellContext) -> dict[str, Any] | None:
             units.extend((tt.index, tt.index == f) for tt in t.turns if tt.index <= stop)
     max_idx = max((i for i, _ in units), default=0)
     candidates = [cfg.context_turn_threshold] if cfg.context_turn_threshold is not None \
-        else list(range(1, max_idx + 1))
+        else list(range(max(1, cfg.context_min_turn), max_idx + 1))
     best: dict[str, Any] | None = None
     for n in candidates:
         late = [f for i, f in units if i >= n]
@@ -911,17 +974,61 @@ def _near_limit(thread: Thread, horizon: int | None, cfg: DiagnoseConfig) -> tup
     return None
 
 
+_LOSS_MECHANISMS = frozenset({"messages_dropped", "token_budget"})
+"""``context_loss`` signal reasons that show the harness itself cut what the model saw."""
+
+
+def _context_signals(thread: Thread, horizon: int | None, ctx: CellContext,
+                     reasons: frozenset[str] | None = None) -> list[Signal] | None:
+    """The thread's ``context_loss`` signals up to ``horizon`` (optionally of given reasons)."""
+    out = [s for s in ctx.signals_by_thread.get(thread.thread_id, [])
+           if s.kind == "context_loss"
+           and (horizon is None or s.turn_index is None or s.turn_index <= horizon)
+           and (reasons is None or s.details.get("reason") in reasons)]
+    return out or None
+
+
 def context_loss(ctx: CellContext) -> Hypothesis | None:
-    """Failures concentrate late in long conversations, or near the model's context limit."""
+    """The conversation lost context: failures concentrate past turn N (N >= ``context_min_turn``),
+    the failing calls ran near the model's context limit, the harness dropped earlier messages
+    (``context_loss`` signals with reason ``messages_dropped`` / ``token_budget`` in most affected
+    sessions), or -- for a cell of another signal -- most affected sessions lost context (any
+    ``context_loss`` signal) before failing, far more than the intent's unaffected sessions."""
     cfg = ctx.config
     knee = _turn_knee(ctx)
     tokens = _contrast(ctx, lambda t, h: _near_limit(t, h, cfg))
     token_fires = tokens.fires(cfg)
-    if knee is None and not token_fires:
+    if ctx.cell.signal == "context_loss":
+        # The cell's own signal says context was lost; how it was lost is what a fix needs.
+        # Users saying "I already told you" at random turns do not establish it on their own.
+        mech = _contrast(ctx, lambda t, h: _context_signals(t, h, ctx, _LOSS_MECHANISMS))
+        mech_fires = mech.support >= cfg.min_support
+    else:
+        mech = _contrast(ctx, lambda t, h: _context_signals(t, h, ctx))
+        mech_fires = mech.fires(cfg)
+    if knee is None and not token_fires and not mech_fires:
         return None
     parts: list[str] = []
     details: dict[str, Any] = {}
     late_ev: list[Evidence | None] = []
+    mech_ev: list[Evidence | None] = []
+    if mech_fires:
+        reasons: Counter[str] = Counter(
+            str(s.details.get("reason", "context_loss")) for sigs in mech.hits.values() for s in sigs[:1])
+        named = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+        parts.append(f"the conversation lost context before the failure in {len(mech.hits)} of "
+                     f"{mech.n_affected} affected sessions ({named}; vs {_pct(mech.baseline)} of the "
+                     f"intent's other sessions)")
+        details.update(loss_support=round(mech.support, 4), loss_baseline=round(mech.baseline, 4),
+                       loss_reasons=dict(sorted(reasons.items())))
+        for t in ctx.affected:
+            sigs = mech.hits.get(t.thread_id)
+            if sigs:
+                for part in sorted(re.split(r"\u2026|\.\.\.", sigs[0].evidence), key=len, reverse=True):
+                    ev = _evidence(t, part, sigs[0].turn_index, cfg.max_quote_chars)
+                    if ev is not None and len(ev.quote) >= 3:
+                        mech_ev.append(ev)
+                        break
     if knee is not None:
         n = knee["turn_threshold"]
         parts.append(f"failures concentrate after {n} turns ({_pct(knee['late_rate'])} of "
@@ -947,11 +1054,13 @@ def context_loss(ctx: CellContext) -> Hypothesis | None:
                 token_ev.append(_evidence(t, _clip(turn.user_text, 0, 0, cfg.max_quote_chars),
                                           turn.index, cfg.max_quote_chars))
     conf = [tokens.confidence] if token_fires else []
+    if mech_fires:
+        conf.append(mech.confidence)
     if knee is not None:
         conf.append(round(knee["late_share"] * (1 - knee["p_adjusted"]), 3))
     return Hypothesis(
         failure_mode="context_loss", clause="; ".join(parts), confidence=max(conf),
-        evidence=_collect_evidence(late_ev, token_ev, limit=cfg.max_evidence),
+        evidence=_collect_evidence(mech_ev, late_ev, token_ev, limit=cfg.max_evidence),
         details=details, prompt=modal_prompt(ctx),
     )
 
@@ -998,12 +1107,15 @@ def loop_stall(ctx: CellContext) -> Hypothesis | None:
         return None
     loops: Counter[str] = Counter(h["tool"] for h in c.hits.values() if h.get("tool"))
     tool = min(loops, key=lambda n: (-loops[n], n)) if loops else None
+    if tool is not None and loops[tool] < cfg.min_support * c.n_affected:
+        # One looping tool in a few sessions does not name the cause of the others' stalls.
+        tool = None
     sample = next((h for h in c.hits.values() if h.get("tool") == tool), None) if tool else None
     if tool and sample is not None:
         calls = max(h["calls"] or 0 for h in c.hits.values() if h.get("tool") == tool)
         args = json.dumps(sample["arguments"], ensure_ascii=False, default=str)
         clause = (f"the agent loops: `{tool}` is called up to {calls}x with the same arguments "
-                  f"({args}) in {len(c.hits)} of {c.n_affected} affected sessions")
+                  f"({args}) in {loops[tool]} of {c.n_affected} affected sessions")
     else:
         clause = f"the conversation stalls ({len(c.hits)} of {c.n_affected} affected sessions)"
     ev: list[Evidence | None] = []
@@ -1036,9 +1148,15 @@ HYPOTHESES: tuple[tuple[str, Callable[[CellContext], Hypothesis | None]], ...] =
 """The built-in hypotheses, in the order they are tried (and reported on ties)."""
 
 
-def explain(ctx: CellContext) -> list[Hypothesis]:
-    """Every hypothesis that fires for the cell, or one ``unexplained`` with the numbers only."""
-    fired = [h for _, fn in HYPOTHESES if (h := fn(ctx)) is not None]
+def explain(ctx: CellContext, skip: Iterable[str] = ()) -> list[Hypothesis]:
+    """Every hypothesis that fires for the cell, or one ``unexplained`` with the numbers only.
+
+    Args:
+        ctx: The cell.
+        skip: Failure modes not to try (``diagnose`` tests ``regression`` across all cells itself).
+    """
+    skipped = set(skip)
+    fired = [h for name, fn in HYPOTHESES if name not in skipped and (h := fn(ctx)) is not None]
     if fired:
         return fired
     return [Hypothesis(

@@ -121,6 +121,10 @@ class DiagnoseConfig(BaseModel):
     """Severity of a signal kind missing from :attr:`severity` (user-registered detectors)."""
     include_unassigned: bool = True
     """Also test the threads no intent claimed, as one pseudo-intent with ``intent_id=None``."""
+    opening_excluded_signals: frozenset[str] = frozenset({"frustration", "escalation"})
+    """User-side signal kinds ignored when they fire on a thread's first turn: the agent has said
+    nothing yet, so a user who *opens* angry, or opens with "close my account" / "let me talk to
+    a person", was not failed by this conversation; that is their intent, not a root cause."""
 
     # --- coverage_gap -----------------------------------------------------------------------------
     stopwords: frozenset[str] = DEFAULT_STOPWORDS
@@ -154,7 +158,11 @@ class DiagnoseConfig(BaseModel):
 
     # --- regression -------------------------------------------------------------------------------
     regression_alpha: float = 0.05
-    """Level of the per-version test (Bonferroni-corrected over the consecutive version pairs)."""
+    """False-discovery rate of the version-jump tests: per cell the smallest p over the
+    consecutive version pairs is Bonferroni-corrected, then Benjamini-Hochberg runs over every
+    cell tested (every intent x signal with enough sessions on two versions, whether or not the
+    intent stands out against the other intents: a jump inside an intent whose rate is average
+    overall is still a regression)."""
     min_version_sessions: int = 5
     """Fewest sessions of the intent served by each of two versions for them to be compared."""
     max_diff_chars: int = 4000
@@ -163,6 +171,10 @@ class DiagnoseConfig(BaseModel):
     # --- context_loss -----------------------------------------------------------------------------
     context_turn_threshold: int | None = None
     """Fixed turn index N for "failures concentrate past turn N"; ``None`` searches the knee."""
+    context_min_turn: int = 4
+    """Smallest knee N searched: a history of fewer turns fits any model's context, and failures
+    right after the agent's first answers are reactions to those answers (a user cannot be
+    frustrated before the first reply), which would otherwise always look like a knee at N=1."""
     context_knee_excluded_signals: frozenset[str] = frozenset({"stall"})
     """Signal kinds left out of the turn-knee test because a turn-count rule places them (the
     ``stall`` detector fires at turn ``max_turns``), so they sit late in threads by construction."""
@@ -190,6 +202,7 @@ class DiagnoseConfig(BaseModel):
         return v
 
     @field_validator("min_sessions", "top_terms", "repeated_tool_calls", "min_version_sessions",
+                     "context_min_turn",
                      "max_evidence", "max_quote_chars", "max_diff_chars", "default_context_budget")
     @classmethod
     def _positive(cls, v: int, info: Any) -> int:
