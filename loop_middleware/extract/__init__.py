@@ -14,7 +14,14 @@ from ._embed import (
     TfidfEmbedder,
     default_embedder,
 )
-from ._extract import ExtractionResult, assign_intents, extract, extract_signals, opening_text
+from ._extract import (
+    ExtractionResult,
+    assign_intents,
+    extract,
+    extract_signals,
+    opening_text,
+    opening_texts,
+)
 from ._intents import (
     DEFAULT_CATEGORIES,
     IntentModel,
@@ -22,6 +29,14 @@ from ._intents import (
     discover_intents,
     map_categories,
     name_clusters,
+)
+from ._llm import (
+    ExtractionLLM,
+    IntentChoice,
+    IntentName,
+    StoreCache,
+    ThreadSummary,
+    improve_intents,
 )
 from ._signals import (
     BUILTIN_DETECTORS,
@@ -42,12 +57,17 @@ __all__ = [
     "Detector",
     "DetectorRegistry",
     "Embedder",
+    "ExtractionLLM",
     "ExtractionResult",
+    "IntentChoice",
     "IntentModel",
+    "IntentName",
     "LangChainEmbedder",
     "MiniLMEmbedder",
     "StaticEmbedder",
+    "StoreCache",
     "TfidfEmbedder",
+    "ThreadSummary",
     "assign_intents",
     "build_intent_model",
     "default_detectors",
@@ -58,8 +78,10 @@ __all__ = [
     "discover_intents",
     "extract",
     "extract_signals",
+    "improve_intents",
     "map_categories",
     "name_clusters",
     "opening_text",
+    "opening_texts",
     "register_detector",
 ]

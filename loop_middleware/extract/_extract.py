@@ -28,7 +28,14 @@ from ._embed import Embedder, TfidfEmbedder, default_embedder
 from ._intents import IntentModel, build_intent_model
 from ._signals import DetectionContext, DetectorRegistry, detect_signals
 
-__all__ = ["ExtractionResult", "assign_intents", "extract", "extract_signals", "opening_text"]
+__all__ = [
+    "ExtractionResult",
+    "assign_intents",
+    "extract",
+    "extract_signals",
+    "opening_text",
+    "opening_texts",
+]
 
 logger = logging.getLogger("loop_middleware.extract")
 
@@ -83,6 +90,32 @@ def opening_text(thread: Thread) -> str:
     return ""
 
 
+def opening_texts(store: Store, thread_ids: Sequence[str] | None = None) -> dict[str, str]:
+    """``thread_id -> opening request`` (as :func:`opening_text`) read straight from the turn
+    table, without building whole threads."""
+    from sqlalchemy import select
+
+    from ..capture._messages import clean_text
+    from ..store._tables import TurnRow
+
+    t = TurnRow.__table__.c  # type: ignore[attr-defined]
+    out: dict[str, str] = {}
+    ids = list(thread_ids) if thread_ids is not None else [None]
+    for i in range(0, len(ids), 500):
+        q = select(t.thread_id, t.started_at, t.id, t.input_messages).order_by(
+            t.thread_id, t.started_at, t.id)
+        if thread_ids is not None:
+            q = q.where(t.thread_id.in_(ids[i : i + 500]))
+        with store.engine.connect() as conn:
+            for tid, _started, _id, msgs in conn.execute(q):
+                if out.get(tid):
+                    continue
+                text = "\n".join(str(m.get("content") or "") for m in (msgs or [])
+                                 if isinstance(m, dict) and m.get("role") == "user").strip()
+                out[tid] = clean_text(text)[:MAX_OPENING_CHARS] if text else ""
+    return out
+
+
 def _utc(d: datetime) -> datetime:
     return d if d.tzinfo is not None else d.replace(tzinfo=UTC)
 
@@ -133,7 +166,7 @@ def extract_signals(
 
 
 def _fitted_tfidf(
-    store: Store, emb: TfidfEmbedder, threads: Sequence[Thread], model: IntentModel | None
+    store: Store, emb: TfidfEmbedder, openings: dict[str, str], model: IntentModel | None
 ) -> IntentModel | None:
     """TF-IDF has no pretrained vocabulary: reuse the one the stored intents were built with
     (so ids stay stable across runs), or fit a new one on every opening request (and then the
@@ -145,7 +178,7 @@ def _fitted_tfidf(
         emb._dim = int(emb._pipeline.steps[1][1].n_components)
         if emb.dim == model.dim:  # type: ignore[union-attr]
             return model
-    texts = [opening_text(t) for t in threads if opening_text(t)]
+    texts = [t for t in openings.values() if t]
     if len(texts) < 2:
         return model  # nothing to learn a vocabulary from (and nothing to assign)
     emb.fit(texts)
@@ -181,13 +214,15 @@ def assign_intents(
             logger.warning("intent model was built with %s, now embedding with %s: rediscovering",
                            model.embedder_name, emb_name)
             model, known = None, {}
-    all_threads = store.list_threads()
     if isinstance(emb, TfidfEmbedder) and emb._pipeline is None:
-        model = _fitted_tfidf(store, emb, all_threads, model)
+        model = _fitted_tfidf(store, emb, opening_texts(store), model)
         if model is None:
             known = {}
-    todo = [t for t in all_threads if t.thread_id not in known and opening_text(t)]
-    texts = [opening_text(t) for t in todo]
+    # Only the openings of unassigned threads are read (not whole threads): cheap on big stores.
+    todo_ids = [t for t in store.thread_ids() if t not in known]
+    openings = opening_texts(store, todo_ids) if todo_ids else {}
+    todo = [t for t in todo_ids if openings.get(t)]
+    texts = [openings[t] for t in todo]
     new_ids: list[str] = []
     if model is None and len(texts) < 2:
         # Too few threads to discover intents from yet: they wait for the next run.
@@ -211,7 +246,7 @@ def assign_intents(
     except Exception as exc:
         raise ExtractionError(f"intent discovery failed on {len(texts)} threads: {exc}") from exc
     store.save_assignments(
-        {t.thread_id: (a, b if b != a else None) for t, a, b in zip(todo, top, leaf, strict=True)}
+        {t: (a, b if b != a else None) for t, a, b in zip(todo, top, leaf, strict=True)}
     )
     all_assignments = store.load_assignments()
     intents: list[Intent] = []
