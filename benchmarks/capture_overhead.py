@@ -133,6 +133,7 @@ def main() -> None:
 
     per = max(1, args.turns // args.blocks)
     samples: dict[str, list[float]] = {"bare": [], "loop": [], "openinference": [], "loop_slow_db": []}
+    block_medians: dict[str, list[float]] = {k: [] for k in samples}
     drain_s = {"loop": 0.0, "loop_slow_db": 0.0}
 
     def block(mode: str) -> None:
@@ -157,19 +158,26 @@ def main() -> None:
     modes = list(samples)
     for b in range(args.blocks):
         for mode in modes[b % len(modes):] + modes[: b % len(modes)]:  # rotate the order
+            before = len(samples[mode])
             block(mode)
+            block_medians[mode].append(statistics.median(samples[mode][before:]))
     stored = Store(f"sqlite:///{tmp / 'ours.db'}").count_threads()
 
     med = {k: statistics.median(v) for k, v in samples.items()}
     p99 = {k: pct(v, 99) for k, v in samples.items()}
     over = {k: med[k] - med["bare"] for k in ("loop", "openinference", "loop_slow_db")}
     ratio = over["loop"] / over["openinference"] if over["openinference"] > 0 else float("nan")
+    # Paired by block (the modes of a block ran back to back): the spread shows the noise.
+    paired = {k: sorted(m - b for m, b in zip(block_medians[k], block_medians["bare"], strict=True))
+              for k in ("loop", "openinference", "loop_slow_db")}
+    spread = {k: (round(v[len(v) // 4], 3), round(v[(3 * len(v)) // 4], 3)) for k, v in paired.items()}
     result = {
         "turns_per_mode": len(samples["bare"]),
         "median_ms": {k: round(v, 4) for k, v in med.items()},
         "p99_ms": {k: round(v, 4) for k, v in p99.items()},
         "overhead_median_ms": {k: round(v, 4) for k, v in over.items()},
         "ratio_ours_over_openinference": round(ratio, 3),
+        "overhead_block_paired_iqr_ms": spread,
         "target_ratio_at_most": 0.5,
         "slow_db_write_delay_ms": SlowStore.delay * 1000,
         "slow_db_p99_minus_loop_p99_ms": round(p99["loop_slow_db"] - p99["loop"], 4),
@@ -185,6 +193,7 @@ def main() -> None:
     print(f"overhead per turn (median):   loop {over['loop']:.3f} ms, "
           f"openinference {over['openinference']:.3f} ms, loop+slow db {over['loop_slow_db']:.3f} ms")
     print(f"ratio ours/openinference:     {ratio:.3f}  (target <= 0.5)")
+    print(f"block-paired overhead, interquartile range (ms): {spread}")
     print(f"slow database ({SlowStore.delay * 1000:.0f} ms per write): p99 {p99['loop_slow_db']:.3f} ms "
           f"vs {p99['loop']:.3f} ms on a fast one")
     args.out.parent.mkdir(parents=True, exist_ok=True)
