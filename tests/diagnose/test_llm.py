@@ -16,7 +16,7 @@ from loop_middleware.diagnose._llm import DiagnosisWriter, RootCause, thread_tex
 from loop_middleware.errors import ConfigError
 from loop_middleware.types import Diagnosis, Evidence, Message, Thread, Turn
 
-from ._llm_server import FakeChatServer
+from tests._llm_server import FakeChatServer
 
 # --- data ----------------------------------------------------------------------------------------
 

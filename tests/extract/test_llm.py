@@ -24,7 +24,7 @@ from loop_middleware.extract._llm import (
 from loop_middleware.store import Store
 from loop_middleware.types import Intent, Message, Thread, ToolCall, Turn
 
-from ._llm_server import FakeChatServer
+from tests._llm_server import FakeChatServer
 
 CATEGORIES = ["billing_refund", "how_to", "bug_report", "other"]
 
