@@ -260,7 +260,11 @@ def diagnose(
         return key
 
     groups: dict[tuple[str | None, str], list[tuple[CellStat, Hypothesis]]] = {}
-    for key in sorted(causes, key=lambda k: (root(k) != k, order[k])):  # roots lead their group
+    # The primary cell of a group (its signal is what a fix is measured on): a cell whose own
+    # signal names the group's mode (the context_loss cell of a context_loss diagnosis, not the
+    # stall signal that fires at the same turn), then roots, then rank.
+    for key in sorted(causes, key=lambda k: (_OWN_MODE.get(k[1]) != causes[root(k)][1].failure_mode,
+                                             root(k) != k, order[k])):
         r = root(key)
         cell, h = causes[key]
         if r != key:
