@@ -106,7 +106,7 @@ def render_pr_body(fix: Fix, *, diff: str | None = None) -> str:
         "",
         "### Why",
         "",
-        escape_markdown(fix.rationale.strip()) or "_(no rationale given)_",
+        escape_markdown(_redact(fix.rationale.strip())) or "_(no rationale given)_",
         "",
     ]
     evidence = _evidence_lines(fix.details)
@@ -155,3 +155,11 @@ def commit_message(fix: Fix, path: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _redact(text: str) -> str:
+    """PR bodies are public within the host's repository: redact private data again (the
+    rationale quotes conversations), whatever was redacted upstream."""
+    from ..privacy import Redactor
+
+    return Redactor().redact(text)

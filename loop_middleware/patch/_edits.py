@@ -36,6 +36,7 @@ way, and on any failure the template is used.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -196,6 +197,13 @@ _INERT = str.maketrans({
 _BIDI_OR_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069\u200b-\u200f\u2028\u2029\ufeff]")
 
 
+@functools.lru_cache(maxsize=1)
+def _redactor() -> Any:
+    from ..privacy import Redactor
+
+    return Redactor()
+
+
 def neutralise(text: str, limit: int = 160) -> str:
     """Make an untrusted quote safe to place in a prompt file, a rationale or a PR body.
 
@@ -204,6 +212,9 @@ def neutralise(text: str, limit: int = 160) -> str:
     ``(``, ``#`` -> ``＃`` ...), ``@mentions`` and URL schemes broken with a space, and cut to
     ``limit`` characters with an ellipsis. The result is for a human to read, not verbatim.
     """
+    # Private data first (before cutting, so a key is never half-kept): quotes end up in the
+    # host's prompt file and in PR bodies.
+    text = _redactor().redact(text)
     cleaned = "".join(
         ch for ch in text
         if unicodedata.category(ch) not in ("Cc", "Cf", "Co", "Cs") or ch in "\t\n "

@@ -115,3 +115,17 @@ def test_commit_message_carries_trailers_last() -> None:
     msg = commit_message(_fix(title="Refund\nwindow"), "prompts/support.md")
     assert msg.splitlines()[0] == "Refund window"
     assert msg.rstrip("\n").splitlines()[-2:] == ["Loop-Fix: fix-1", "Loop-Diagnosis: diag-7"]
+
+
+def test_pr_body_and_quotes_are_redacted() -> None:
+    from loop_middleware.patch._edits import neutralise
+    from loop_middleware.types import Fix, FixKind
+
+    secret = "sk-proj-Q1w2E3r4T5y6U7i8O9p0AsDfGhJkLzXc"
+    fix = Fix(id="f", diagnosis_id="d", kind=FixKind.PROMPT_EDIT, target_file="prompts/a.md",
+              diff="--- a/prompts/a.md\n+++ b/prompts/a.md\n@@ -1 +1,2 @@\n x\n+y\n", title="t",
+              rationale=f"user said: my key {secret}, mail ann@example.com", metric="m")
+    body = render_pr_body(fix)
+    assert secret not in body and "ann@example.com" not in body
+    quote = neutralise(f"card 4111 1111 1111 1111 and key {secret}")
+    assert "4111 1111 1111 1111" not in quote and secret not in quote
