@@ -63,8 +63,11 @@ def test_hostile_conversations_are_contained(tmp_path: Path) -> None:
     handler = LoopCallbackHandler(url)
     for rnd in range(2):
         for i, text in enumerate(HOSTILE):
-            model = fake_model(tool_call("order_lookup", {"order_id": "77", "filter": nested(200)}),
-                               AIMessage(content=DEFLECT))
+            # One thread per round carries a deeply nested tool call; the others are deflected
+            # straight away (the planted gap: the prompt has no refund policy).
+            model = (fake_model(tool_call("order_lookup", {"order_id": "77", "filter": nested(200)}),
+                                AIMessage(content=DEFLECT))
+                     if i == 0 else fake_model(AIMessage(content=DEFLECT)))
             graph = build_graph(model, [order_lookup], system=pv.text)
             graph.invoke({"messages": [("user", text)]},
                          config={"callbacks": [handler], "configurable": {"thread_id": f"h{rnd}-{i}"}})
