@@ -40,6 +40,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from statsmodels.stats.multitest import multipletests
 
 from ..errors import ConfigError
+from ..extract._signals import DEFAULT_CONTEXT_BUDGETS as _SIGNAL_BUDGETS
 from ..types import Signal, Thread
 
 __all__ = [
@@ -83,24 +84,8 @@ DEFAULT_STOPWORDS: frozenset[str] = frozenset(ENGLISH_STOP_WORDS) | frozenset(
 )
 """Words never used as an intent's key terms: scikit-learn's English stop words + chat filler."""
 
-DEFAULT_CONTEXT_BUDGETS: Mapping[str, int] = {
-    # Advertised context windows per model-name prefix (longest prefix wins). Kept here rather
-    # than imported from the extract stage so diagnosis runs on any signals, from any detector.
-    "gpt-3.5-turbo": 16_385,
-    "gpt-4": 8_192,
-    "gpt-4-32k": 32_768,
-    "gpt-4-turbo": 128_000,
-    "gpt-4o": 128_000,
-    "gpt-4.1": 1_047_576,
-    "gpt-5": 400_000,
-    "o1": 200_000,
-    "o3": 200_000,
-    "o4-mini": 200_000,
-    "claude": 200_000,
-    "gemini": 1_048_576,
-    "mistral": 32_000,
-    "llama": 128_000,
-}
+# One table of advertised context windows for the whole library (longest model-name prefix wins).
+DEFAULT_CONTEXT_BUDGETS: Mapping[str, int] = _SIGNAL_BUDGETS
 """Input-token budget per model-name prefix, for the ``context_loss`` hypothesis."""
 
 
