@@ -93,7 +93,7 @@ class Store:
     Args:
         url: Any SQLAlchemy URL (``sqlite:///loop.db``, ``postgresql+psycopg://u:p@host/db``) or
             a bare file path for SQLite. Defaults to ``$LOOP_DATABASE_URL``, else ``./loop.db``.
-        create: Create missing tables on open.
+        create: Create the tables, or migrate them to the current schema, on open.
         echo: Log SQL (debugging).
 
     Raises:
@@ -139,11 +139,19 @@ class Store:
         return self.engine.dialect.name
 
     def create_tables(self) -> None:
-        """Create every loop table that does not exist yet."""
-        from . import _tables  # noqa: F401 - registers the tables on SQLModel.metadata
+        """Create the loop tables, or upgrade them to this version's schema, keeping the data.
+
+        Runs the alembic migrations shipped with the package: an empty database gets every
+        table, one created before migrations existed is adopted, an older revision is upgraded.
+        Costs one query when the schema is already current.
+
+        Raises:
+            StoreError: The database cannot be reached, or its schema is newer than this version.
+        """
+        from ._migrate import ensure_schema
 
         try:
-            SQLModel.metadata.create_all(self.engine)
+            ensure_schema(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open store {self.safe_url}: {exc}") from exc
 

@@ -2,6 +2,9 @@
 later stages store their results (signals, intents, diagnoses, fixes) as indexed rows with the
 pydantic model as a JSON payload, so the schema stays small while the models evolve.
 
+The schema is versioned by alembic migrations (``migrations/versions``): change a table here
+only together with a new revision (``tests/store/test_migrations.py`` compares the two).
+
 Primary keys are the capture's own ids (LangChain run ids), which makes every write an
 idempotent upsert: replaying a spool or a batch twice never duplicates a turn.
 """
@@ -45,6 +48,9 @@ class ThreadRow(SQLModel, table=True):
     created_at: datetime | None = Field(default=None, index=True)
     updated_at: datetime | None = Field(default=None, index=True)
     meta: dict[str, Any] | None = _json()
+    source: str | None = Field(default=None, index=True)
+    """Where the thread came from: ``capture`` (middleware/handler) or ``otlp`` (ingest); NULL
+    when unknown. Added by migration 0002, which backfills it from the turns."""
 
 
 class TurnRow(SQLModel, table=True):
