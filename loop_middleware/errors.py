@@ -42,7 +42,15 @@ class ConfigError(LoopError):
 
 
 class StoreError(LoopError):
-    """The store (database) could not be reached, read or written."""
+    """The store (database) could not be reached, read or written.
+
+    ``transient`` is True when retrying later may succeed (connection refused, locked, disk
+    full) and False when the database refused the data itself.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True):
+        self.transient = transient
+        super().__init__(message)
 
 
 class IngestError(LoopError):

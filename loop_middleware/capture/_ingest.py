@@ -23,12 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import IngestError
+from ..errors import IngestError, StoreError
 from ..integrations._base import LLMData, SpanAdapter, ToolData
 from ..integrations.genai import GenAIAdapter
 from ..integrations.openinference import OpenInferenceAdapter
 from ..prompts import PromptRegistry, versions_in_messages
 from ..store import Store
+from ._messages import jsonable
 from ._writer import Row
 
 __all__ = ["IngestReport", "ingest_otlp", "parse_otlp"]
@@ -110,13 +111,18 @@ def _attrs(raw: Any, where: str) -> dict[str, Any]:
     return out
 
 
+_MAX_NANOS = 253_402_300_799 * 10**9  # 9999-12-31T23:59:59Z
+
+
 def _nanos(v: Any, where: str, name: str) -> int:
     try:
         n = int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise IngestError(f"{name} must be an integer of nanoseconds, got {v!r}", record=where, field=name) from None
     if n < 0:
         raise IngestError(f"{name} is negative", record=where, field=name)
+    if n > _MAX_NANOS:
+        raise IngestError(f"{name} is after the year 9999", record=where, field=name)
     return n
 
 
@@ -135,11 +141,37 @@ def _span(raw: Any, where: str) -> Span:
     if code in (2, "STATUS_CODE_ERROR", "ERROR"):
         error = (status.get("message") or "error") if isinstance(status, dict) else "error"
     attrs = _attrs(raw.get("attributes"), where)
+    parent = raw.get("parentSpanId") or None
+    if parent is not None and not isinstance(parent, str):
+        raise IngestError("parentSpanId must be a string", record=where, field="parentSpanId")
     return Span(
-        trace_id=raw["traceId"], span_id=raw["spanId"], parent_id=raw.get("parentSpanId") or None,
+        trace_id=raw["traceId"], span_id=raw["spanId"], parent_id=parent,
         name=str(raw.get("name") or ""), start_ns=start, end_ns=max(end, start), attrs=attrs,
         error=error, record=where,
     )
+
+
+def _s(value: Any) -> str | None:
+    """A scalar text column from whatever an exporter put there."""
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=repr)
+
+
+def _i(value: Any) -> int | None:
+    """A token count, or None when it is not a plausible 64-bit integer."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63 else None
+
+
+def _items(container: Any, *keys: str) -> list[Any]:
+    """The list under the first present key of an object, or [] for anything malformed."""
+    if not isinstance(container, dict):
+        return []
+    for key in keys:
+        value = container.get(key)
+        if value:
+            return value if isinstance(value, list) else []
+    return []
 
 
 def _requests(data: bytes, source: str, report: IngestReport) -> Iterator[tuple[str, Any]]:
@@ -193,13 +225,15 @@ def parse_otlp(data: bytes | str | dict[str, Any], *, source: str = "<input>",
                 continue
             seen_doc = True
             for a, rs in enumerate(req["resourceSpans"]):
-                for b, ss in enumerate((rs or {}).get("scopeSpans") or (rs or {}).get("instrumentationLibrarySpans") or []):
-                    for c, raw in enumerate((ss or {}).get("spans") or []):
+                for b, ss in enumerate(_items(rs, "scopeSpans", "instrumentationLibrarySpans")):
+                    for c, raw in enumerate(_items(ss, "spans")):
                         swhere = f"{rwhere} resourceSpans[{a}].scopeSpans[{b}].spans[{c}]"
                         try:
                             spans.append(_span(raw, swhere))
                         except IngestError as exc:
                             report.skipped.append(str(exc))
+                        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+                            report.skipped.append(f"{swhere}: malformed span ({type(exc).__name__}: {exc})")
     if not seen_doc and not spans:
         raise IngestError(
             "no OTLP/JSON trace data found" + (f" ({report.skipped[0]})" if report.skipped else ""),
@@ -283,10 +317,10 @@ def _trace_rows(
                 rows.extend(("prompt_version", {**v.model_dump(), "first_seen": _utc(s.start_ns)}) for v in versions)
                 rows.append(("llm_call", {
                     "id": cid, "turn_id": turn_id, "thread_id": thread_id, "seq": seq,
-                    "model": d.model, "provider": d.provider, "input_messages": d.input_messages,
+                    "model": _s(d.model), "provider": _s(d.provider), "input_messages": d.input_messages,
                     "output_messages": d.output_messages, "prompt_shas": [v.sha256 for v in versions],
-                    "input_tokens": d.input_tokens, "output_tokens": d.output_tokens,
-                    "latency_ms": (s.end_ns - s.start_ns) / 1e6, "finish_reason": d.finish_reason,
+                    "input_tokens": _i(d.input_tokens), "output_tokens": _i(d.output_tokens),
+                    "latency_ms": (s.end_ns - s.start_ns) / 1e6, "finish_reason": _s(d.finish_reason),
                     "error": s.error, "started_at": _utc(s.start_ns),
                 }))
                 first_llm_in = first_llm_in or d.input_messages
@@ -297,8 +331,9 @@ def _trace_rows(
                 t = _merged(adapter.tool(s.attrs), (a.tool(s.attrs) for a in rest))
                 rows.append(("tool_call", {
                     "id": cid, "turn_id": turn_id, "thread_id": thread_id, "seq": seq,
-                    "name": t.name, "arguments": t.arguments, "result": t.result, "error": s.error,
-                    "latency_ms": (s.end_ns - s.start_ns) / 1e6, "tool_call_id": t.tool_call_id,
+                    "name": _s(t.name) or "tool", "arguments": jsonable(t.arguments), "result": _s(t.result),
+                    "error": s.error,
+                    "latency_ms": (s.end_ns - s.start_ns) / 1e6, "tool_call_id": _s(t.tool_call_id),
                     "started_at": _utc(s.start_ns),
                 }))
                 report.tool_calls += 1
@@ -355,12 +390,32 @@ def ingest_otlp(
     by_trace: dict[str, list[Span]] = defaultdict(list)
     for s in spans:
         by_trace[s.trace_id].append(s)
-    rows: list[Row] = []
-    for trace_spans in by_trace.values():
-        rows.extend(_trace_rows(trace_spans, adapters, registry, report))
-    for i in range(0, len(rows), 500):
-        store.write_rows(rows[i : i + 500])
-    report.threads = len({v["thread_id"] for t, v in rows if t == "thread"})
+    traces: list[tuple[str, list[Row]]] = []
+    for trace_id, trace_spans in by_trace.items():
+        try:
+            traces.append((trace_id, _trace_rows(trace_spans, adapters, registry, report)))
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            report.skipped.append(f"{name}: trace {trace_id} malformed ({type(exc).__name__}: {exc}); skipped")
+    written: list[Row] = []
+    for i in range(0, len(traces), 100):
+        chunk = traces[i : i + 100]
+        rows = [r for _, trace_rows in chunk for r in trace_rows]
+        try:
+            store.write_rows(rows)
+            written.extend(rows)
+        except StoreError as exc:
+            if exc.transient:
+                raise
+            # The database refused some values: find the traces at fault, keep the rest.
+            for trace_id, trace_rows in chunk:
+                try:
+                    store.write_rows(trace_rows)
+                    written.extend(trace_rows)
+                except StoreError as one:
+                    if one.transient:
+                        raise
+                    report.skipped.append(f"{name}: trace {trace_id} refused by the store ({one}); skipped")
+    report.threads = len({v["thread_id"] for t, v in written if t == "thread"})
     if report.skipped:
         logger.warning("ingest of %s skipped %d records; first: %s", name, len(report.skipped), report.skipped[0])
     return report

@@ -13,6 +13,8 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
+from .._text import clean_text as clean_text
+
 _ROLE_BY_TYPE = {
     "human": "user",
     "user": "user",
@@ -24,22 +26,6 @@ _ROLE_BY_TYPE = {
     "tool": "tool",
     "function": "tool",
 }
-
-
-def clean_text(text: str) -> str:
-    """``text`` made storable everywhere: undecodable bytes smuggled in as lone surrogates
-    (``errors="surrogateescape"``) are decoded again with U+FFFD for what is not UTF-8, other
-    lone surrogates become U+FFFD, and NUL (which PostgreSQL text rejects) becomes U+2400."""
-    if text.isascii():
-        return text.replace("\x00", "\u2400") if "\x00" in text else text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        except UnicodeEncodeError:
-            text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text.replace("\x00", "\u2400") if "\x00" in text else text
 
 
 def text_of(content: Any) -> str:

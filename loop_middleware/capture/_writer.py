@@ -55,7 +55,8 @@ atexit.register(_close_all)
 class WriterStats:
     """Counters of what the writer did (read them; they only grow)."""
 
-    __slots__ = ("batches", "errors", "queued", "replayed", "spooled", "write_failures", "written")
+    __slots__ = ("batches", "errors", "queued", "rejected", "replayed", "spooled", "write_failures",
+                 "written")
 
     def __init__(self) -> None:
         self.queued = 0
@@ -70,6 +71,8 @@ class WriterStats:
         """Spooled rows later written to the store."""
         self.write_failures = 0
         """Failed write transactions (the rows were spooled)."""
+        self.rejected = 0
+        """Rows the database refused as data (kept in ``<spool>.rejected.jsonl``, never dropped)."""
         self.errors = 0
         """Errors inside our own code (conversion bugs...), logged, never raised to the host."""
 
@@ -247,6 +250,9 @@ class BackgroundWriter:
             self.stats.written += len(rows)
             self.stats.batches += 1
         except StoreError as exc:
+            if not exc.transient:
+                self._write_one_by_one(rows, exc)
+                return
             self._failed()
             logger.warning("loop-middleware: store unavailable, spooling %d rows: %s", len(rows), exc)
             self._spool(rows)
@@ -254,6 +260,29 @@ class BackgroundWriter:
             self._failed()
             logger.exception("loop-middleware: unexpected write error, spooling %d rows", len(rows))
             self._spool(rows)
+
+    def _write_one_by_one(self, rows: list[Row], first: StoreError) -> None:
+        """The database refused the data (not the connection): write what it accepts and keep
+        the refused rows in ``<spool>.rejected.jsonl`` so they are neither lost nor allowed to
+        block every later row."""
+        logger.error("loop-middleware: the store refused a batch (%s); retrying row by row", first)
+        for row in rows:
+            try:
+                self.store.write_rows([row])
+                self.stats.written += 1
+            except StoreError as exc:
+                if exc.transient:
+                    self._failed()
+                    self._spool([row])
+                    continue
+                self.stats.rejected += 1
+                try:
+                    self._append(self.spool_path.with_name(self.spool_path.name + ".rejected.jsonl"),
+                                 [row], sync=True)
+                except OSError as io_exc:
+                    self._hold_in_memory([row], io_exc)
+                logger.error("loop-middleware: row of %s rejected by the store, kept in %s.rejected.jsonl: %s",
+                             row[0], self.spool_path.name, exc)
 
     def _failed(self) -> None:
         self.stats.write_failures += 1
@@ -383,7 +412,13 @@ class BackgroundWriter:
         rows.extend(memory)
         try:
             for i in range(0, len(rows), self.batch_size):
-                self.store.write_rows(rows[i : i + self.batch_size])
+                chunk = rows[i : i + self.batch_size]
+                try:
+                    self.store.write_rows(chunk)
+                except StoreError as exc:
+                    if exc.transient:
+                        raise
+                    self._write_one_by_one(chunk, exc)
         except Exception as exc:  # noqa: BLE001
             self._last_failure = time.monotonic()
             logger.debug("loop-middleware: replay deferred, store still down: %s", exc)

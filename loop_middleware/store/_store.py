@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine
 
+from .._text import storable
 from ..errors import ConfigError, StoreError
 from ..types import (
     Diagnosis,
@@ -48,6 +49,8 @@ from ._tables import (
 __all__ = ["DEFAULT_URL", "Store"]
 
 logger = logging.getLogger("loop_middleware.store")
+
+_DATA_ERRORS = (DataError, IntegrityError, ProgrammingError)
 
 DEFAULT_URL = "sqlite:///loop.db"
 
@@ -177,16 +180,30 @@ class Store:
         by_table: dict[str, dict[Any, dict[str, Any]]] = defaultdict(dict)
         for table, values in rows:
             model = TABLES[table]
+            values = {k: v if isinstance(v, datetime) else storable(v) for k, v in values.items()}
             pk = tuple(values[c.name] for c in model.__table__.primary_key.columns)  # type: ignore[attr-defined]
             prev = by_table[table].get(pk)
-            # Later events of the same row (turn start, then turn end) complete earlier ones.
-            by_table[table][pk] = {**prev, **values} if prev else dict(values)
+            # Later events of the same row (turn start, then turn end) complete earlier ones,
+            # except columns where the first sighting wins.
+            if prev:
+                keep = _KEEP_FIRST.get(table, set())
+                merged = {**prev, **values}
+                merged.update({c: prev[c] for c in keep if prev.get(c) is not None})
+                by_table[table][pk] = merged
+            else:
+                by_table[table][pk] = dict(values)
         try:
             with self.engine.begin() as conn:
                 for table, pk_rows in by_table.items():
                     self._upsert(conn, table, list(pk_rows.values()))
-        except SQLAlchemyError as exc:
-            raise StoreError(f"write to {self.safe_url} failed: {exc.__class__.__name__}: {exc}") from exc
+        except (DBAPIError, OSError) as exc:
+            # The database is unreachable, locked or out of space: worth retrying later.
+            raise StoreError(f"write to {self.safe_url} failed: {exc.__class__.__name__}: {exc}",
+                             transient=not isinstance(exc, _DATA_ERRORS)) from exc
+        except (SQLAlchemyError, ValueError, OverflowError) as exc:
+            # The rows themselves were refused: retrying the same rows will not help.
+            raise StoreError(f"write to {self.safe_url} refused the rows: {exc.__class__.__name__}: {exc}",
+                             transient=False) from exc
 
     def _upsert(self, conn: Any, table: str, rows: list[dict[str, Any]]) -> None:
         model = TABLES[table]

@@ -15,7 +15,6 @@ from loop_middleware.diagnose._diagnose import diagnose
 from loop_middleware.diagnose._llm import DiagnosisWriter, RootCause, thread_texts
 from loop_middleware.errors import ConfigError
 from loop_middleware.types import Diagnosis, Evidence, Message, Thread, Turn
-
 from tests._llm_server import FakeChatServer
 
 # --- data ----------------------------------------------------------------------------------------

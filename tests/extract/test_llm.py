@@ -23,7 +23,6 @@ from loop_middleware.extract._llm import (
 )
 from loop_middleware.store import Store
 from loop_middleware.types import Intent, Message, Thread, ToolCall, Turn
-
 from tests._llm_server import FakeChatServer
 
 CATEGORIES = ["billing_refund", "how_to", "bug_report", "other"]

@@ -90,3 +90,47 @@ def test_default_url_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.chdir(tmp_path)
     assert Store().url == "sqlite:///loop.db"
     assert (tmp_path / "loop.db").exists()
+
+
+def test_awkward_values_are_stored_on_every_database(store_url: str) -> None:
+    """NUL, lone surrogates, NaN and integers past 64 bits are made storable, not fatal."""
+    store = Store(store_url)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    store.write_rows([
+        ("thread", {"thread_id": "odd", "created_at": t0, "updated_at": t0}),
+        ("turn", {"id": "odd-0", "thread_id": "odd", "started_at": t0, "error": "bad\x00byte \udcff",
+                  "input_messages": [{"role": "user", "content": "nul\x00 and \ud800 surrogate"}],
+                  "meta": {"score": float("nan"), "big": 2**80}}),
+    ])
+    [t] = Store(store_url).list_threads()
+    assert t.turns[0].user_text == "nul\u2400 and \ufffd\ufffd\ufffd surrogate"
+    assert t.turns[0].metadata == {"score": None, "big": str(2**80)}
+    assert t.turns[0].error is not None and "\u2400" in t.turns[0].error
+
+
+def test_refused_rows_are_kept_aside_and_do_not_block_later_rows(store_url: str, tmp_path: Path) -> None:
+    from loop_middleware.capture import BackgroundWriter
+
+    store = Store(store_url)
+    writer = BackgroundWriter(store, spool_path=tmp_path / "s.jsonl", retry_interval=0.1)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def rows(tid: str, bad: bool) -> list[tuple[str, dict[str, object]]]:
+        out: list[tuple[str, dict[str, object]]] = [
+            ("thread", {"thread_id": tid, "created_at": t0, "updated_at": t0}),
+            ("turn", {"id": f"{tid}-0", "thread_id": tid, "started_at": t0,
+                      "input_messages": [{"role": "user", "content": tid}]}),
+        ]
+        if bad:  # a turn without a thread id: NOT NULL is violated
+            out.append(("turn", {"id": f"{tid}-bad", "thread_id": None, "started_at": t0}))
+        return out
+
+    writer.submit(lambda: rows("a", True))
+    assert writer.flush(10)
+    writer.submit(lambda: rows("b", False))
+    assert writer.flush(10)
+    writer.close()
+    assert [t.thread_id for t in Store(store_url).list_threads()] == ["a", "b"]
+    assert writer.stats.rejected == 1
+    rejected = (tmp_path / "s.jsonl.rejected.jsonl").read_text()
+    assert "a-bad" in rejected and writer.spool_files == []
