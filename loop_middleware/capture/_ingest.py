@@ -346,7 +346,8 @@ def _trace_rows(
             report.skipped.append(f"{root.record}: trace {root.trace_id} has no LLM, tool or agent span; skipped")
             continue
         end = max(s.end_ns for s in members)
-        rows.insert(0, ("thread", {"thread_id": thread_id, "created_at": _utc(root.start_ns),
+        rows.insert(0, ("thread", {"thread_id": thread_id, "source": "otlp",
+                                   "created_at": _utc(root.start_ns),
                                    "updated_at": _utc(end), **({"user_id": user_id} if user_id else {})}))
         rows.append(("turn", {
             "id": turn_id, "thread_id": thread_id, "started_at": _utc(root.start_ns),

@@ -264,7 +264,8 @@ class Recorder:
         if not turn.user_messages:
             turn.user_messages = self._r(user_messages_from_inputs(turn.raw_inputs))
         now = _utc(turn.end_ns or turn.start_ns)
-        thread_row = {"thread_id": turn.thread_id, "created_at": _utc(turn.start_ns), "updated_at": now}
+        thread_row = {"thread_id": turn.thread_id, "created_at": _utc(turn.start_ns), "updated_at": now,
+                      "source": "capture"}
         if turn.user_id:
             thread_row["user_id"] = turn.user_id
         row: dict[str, Any] = {

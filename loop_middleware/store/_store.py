@@ -70,7 +70,7 @@ TABLES: dict[str, type[SQLModel]] = {
 
 # Columns an upsert must not overwrite once set (the first sighting wins).
 _KEEP_FIRST = {
-    "thread": {"created_at"},
+    "thread": {"created_at", "source"},
     "prompt_version": {"first_seen"},
     # when a root cause was first diagnosed / a fix first proposed: kept across re-saves
     "diagnosis": {"created_at"},
