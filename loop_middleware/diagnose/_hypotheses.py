@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 
 from scipy.stats import fisher_exact
 
+from ..extract._signals import clip_quote as _clip
 from ..types import Evidence, Intent, PromptVersion, Signal, Thread, ToolCall, Turn
 from ._stats import CellStat, DiagnoseConfig
 
@@ -197,29 +198,6 @@ def _content_stems(text: str, stopwords: frozenset[str]) -> dict[str, str]:
         if len(w) >= 3 and w not in stopwords and w.replace("'", "") not in stopwords:
             out.setdefault(stem(w), w)
     return out
-
-
-def _clip(text: str, start: int, end: int, limit: int) -> str:
-    """A verbatim window of ``text`` around ``text[start:end]``, at most ``limit`` chars.
-
-    Windows are cut at spaces, never rewritten (no ellipsis), so the quote stays a substring.
-    """
-    if end - start >= limit:
-        return text[start : start + limit].strip() or text[start : start + limit]
-    pad = (limit - (end - start)) // 2
-    s = max(0, start - pad)
-    e = min(len(text), s + limit)
-    s = max(0, e - limit)
-    if s > 0:
-        ws = text.find(" ", s, start)
-        if ws != -1:
-            s = ws + 1
-    if e < len(text):
-        ws = text.rfind(" ", end, e)
-        if ws != -1:
-            e = ws
-    window = text[s:e]
-    return window.strip() or window
 
 
 def _thread_pieces(thread: Thread) -> Iterable[tuple[int, str]]:

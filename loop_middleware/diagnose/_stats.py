@@ -41,6 +41,7 @@ from statsmodels.stats.multitest import multipletests
 
 from ..errors import ConfigError
 from ..extract._signals import DEFAULT_CONTEXT_BUDGETS as _SIGNAL_BUDGETS
+from ..extract._signals import context_budget_for
 from ..types import Signal, Thread
 
 __all__ = [
@@ -201,15 +202,7 @@ class DiagnoseConfig(BaseModel):
 
     def context_budget(self, model: str | None) -> int:
         """The input-token budget of ``model`` (``openai:`` / ``org/`` prefixes are ignored)."""
-        if not model:
-            return self.default_context_budget
-        name = model.lower().rsplit(":", 1)[-1].rsplit("/", 1)[-1]
-        best, best_len = self.default_context_budget, -1
-        for prefix, budget in self.context_budgets.items():
-            p = prefix.lower()
-            if name.startswith(p) and len(p) > best_len:
-                best, best_len = budget, len(p)
-        return best
+        return context_budget_for(model, self.context_budgets, self.default_context_budget)
 
 
 def _config(config: DiagnoseConfig | None) -> DiagnoseConfig:

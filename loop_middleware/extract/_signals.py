@@ -46,6 +46,8 @@ __all__ = [
     "DetectionContext",
     "Detector",
     "DetectorRegistry",
+    "clip_quote",
+    "context_budget_for",
     "default_registry",
     "detect_language",
     "detect_signals",
@@ -56,6 +58,20 @@ __all__ = [
 ]
 
 Detector = Callable[[Thread, "DetectionContext"], list[Signal]]
+
+
+def context_budget_for(model: str | None, budgets: Mapping[str, int], default: int) -> int:
+    """The input-token budget of ``model``: the longest matching model-name prefix in ``budgets``
+    (provider prefixes like ``openai:`` or ``org/`` are ignored), else ``default``."""
+    if not model:
+        return default
+    name = model.lower().rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+    best, best_len = default, -1
+    for prefix, budget in budgets.items():
+        p = prefix.lower()
+        if name.startswith(p) and len(p) > best_len:
+            best, best_len = budget, len(p)
+    return best
 """A detector: a plain function from a thread and the run's settings to the signals it found."""
 
 DEFAULT_CONTEXT_BUDGETS: Mapping[str, int] = {
@@ -152,15 +168,7 @@ class DetectionContext:
 
     def context_budget(self, model: str | None) -> int:
         """The input-token budget for ``model`` (provider prefixes like ``openai:`` are ignored)."""
-        if not model:
-            return self.default_context_budget
-        name = model.lower().rsplit(":", 1)[-1].rsplit("/", 1)[-1]
-        best, best_len = self.default_context_budget, -1
-        for prefix, budget in self.context_budgets.items():
-            p = prefix.lower()
-            if name.startswith(p) and len(p) > best_len:
-                best, best_len = budget, len(p)
-        return best
+        return context_budget_for(model, self.context_budgets, self.default_context_budget)
 
 
 # --- registry ------------------------------------------------------------------------------------
@@ -463,7 +471,7 @@ def _word_set_item(op: Any, av: Any, p: Any) -> bool:
     return False
 
 
-def _clip(text: str, start: int = 0, end: int | None = None, limit: int = 200) -> str:
+def clip_quote(text: str, start: int = 0, end: int | None = None, limit: int = 200) -> str:
     """A verbatim window of ``text`` of at most ``limit`` chars around ``text[start:end]``.
 
     The window is widened symmetrically around the match and snapped to whitespace so it does not
@@ -507,7 +515,7 @@ def _sentence(text: str, start: int, end: int, limit: int) -> str:
     while e > end and text[e - 1].isspace():
         e -= 1
     if e - s > limit:
-        return _clip(text, start, end, limit)
+        return clip_quote(text, start, end, limit)
     return text[s:e]
 
 
@@ -1054,15 +1062,15 @@ def frustration(thread: Thread, ctx: DetectionContext) -> list[Signal]:
             for m in _FRUSTRATION_RX.finditer(text):
                 reason = m.lastgroup or "phrase"
                 reasons.append((_FRUSTRATION_CONFIDENCE.get(reason, 0.7), reason,
-                                _clip(text, m.start(), m.end(), limit)))
+                                clip_quote(text, m.start(), m.end(), limit)))
             span = _shouting(text)
             if span is not None:
-                reasons.append((0.6, "shouting", _clip(text, span[0], span[1], limit)))
+                reasons.append((0.6, "shouting", clip_quote(text, span[0], span[1], limit)))
         text = "\n".join(m.content for m in users)
         if prev_text is not None:
             sim = _near_duplicate(prev_text, text, ctx)
             if sim is not None:
-                reasons.append((0.55 + 0.3 * sim, "rephrase", _clip(users[-1].content, 0, None, limit)))
+                reasons.append((0.55 + 0.3 * sim, "rephrase", clip_quote(users[-1].content, 0, None, limit)))
         prev_text = text
         if reasons:
             conf, reason, quote = max(reasons, key=lambda r: r[0])
@@ -1113,15 +1121,15 @@ def abandonment(thread: Thread, ctx: DetectionContext) -> list[Signal]:
         return []  # "thanks, that's all": the user closed the conversation themselves
     m = _GIVE_UP_RX.search(user)
     if m:
-        return sig(_clip(user, m.start(), m.end(), limit), 0.8, "user_gave_up")
+        return sig(clip_quote(user, m.start(), m.end(), limit), 0.8, "user_gave_up")
     if last.error and not reply:
-        return sig(_clip(last.error, 0, None, limit), 0.9, "turn_error")
+        return sig(clip_quote(last.error, 0, None, limit), 0.9, "turn_error")
     if not reply:
         errors = [c.error for c in last.llm_calls if c.error] + [t.error for t in last.tool_calls if t.error]
         if errors:
-            return sig(_clip(errors[-1], 0, None, limit), 0.85, "error_no_reply")
+            return sig(clip_quote(errors[-1], 0, None, limit), 0.85, "error_no_reply")
         if user.strip():
-            return sig(_clip(user, 0, None, limit), 0.7, "no_reply")
+            return sig(clip_quote(user, 0, None, limit), 0.7, "no_reply")
         return []
     m = _AGENT_ERROR_RX.search(reply)
     if m:
@@ -1131,7 +1139,7 @@ def abandonment(thread: Thread, ctx: DetectionContext) -> list[Signal]:
         return sig(_sentence(reply, m.start(), m.end(), limit), 0.7, "refusal")
     q = _ends_with_question(reply)
     if q is not None and not _COURTESY_QUESTION_RX.search(reply, q[0], q[1]):
-        return sig(_clip(reply, q[0], q[1], limit), 0.5, "unanswered_question")
+        return sig(clip_quote(reply, q[0], q[1], limit), 0.5, "unanswered_question")
     return []
 
 
@@ -1146,7 +1154,7 @@ def escalation(thread: Thread, ctx: DetectionContext) -> list[Signal]:
                 reason = m.lastgroup or "human"
                 conf = _ESCALATION_CONFIDENCE.get(reason, 0.7)
                 if best is None or conf > best[0]:
-                    best = (conf, reason, _clip(msg.content, m.start(), m.end(), ctx.evidence_max_chars))
+                    best = (conf, reason, clip_quote(msg.content, m.start(), m.end(), ctx.evidence_max_chars))
         if best is not None:
             out.append(_signal(thread, "escalation", turn, best[2], best[0], reason=best[1]))
     return out
@@ -1182,14 +1190,14 @@ def tool_error(thread: Thread, ctx: DetectionContext) -> list[Signal]:
     for turn in thread.turns:
         for call in _ordered_tools(turn):
             if call.error and call.error.strip():
-                out.append(_signal(thread, "tool_error", turn, _clip(call.error, 0, None, limit), 1.0,
+                out.append(_signal(thread, "tool_error", turn, clip_quote(call.error, 0, None, limit), 1.0,
                                    tool=call.name, reason="error", tool_call_id=call.id))
                 continue
             result = call.result or ""
             m = _TOOL_ERROR_RX.search(result, 0, 4000) if _may_be_tool_error(result) else None
             if m:
                 reason = m.lastgroup or "error"
-                out.append(_signal(thread, "tool_error", turn, _clip(result, m.start(), m.end(), limit),
+                out.append(_signal(thread, "tool_error", turn, clip_quote(result, m.start(), m.end(), limit),
                                    _TOOL_ERROR_CONFIDENCE.get(reason, 0.7), tool=call.name,
                                    reason=reason, tool_call_id=call.id))
     return out
@@ -1245,7 +1253,7 @@ def ungrounded(thread: Thread, ctx: DetectionContext) -> list[Signal]:
         if (_ADMITS_NOT_FOUND_RX.search(reply) or _REFUSAL_RX.search(reply)
                 or _ends_with_question(reply) is not None):
             continue
-        out.append(_signal(thread, "ungrounded", turn, _clip(reply, 0, None, ctx.evidence_max_chars),
+        out.append(_signal(thread, "ungrounded", turn, clip_quote(reply, 0, None, ctx.evidence_max_chars),
                            0.7, tool=empty.name, tool_result=empty.result,
                            arguments=_jsonable_args(empty.arguments)))
     return out
@@ -1292,7 +1300,7 @@ def stall(thread: Thread, ctx: DetectionContext) -> list[Signal]:
         quote_src = thread.opening_request or crossing.user_text
         if quote_src.strip():
             excess = unresolved - ctx.max_turns
-            out.append(_signal(thread, "stall", crossing, _clip(quote_src, 0, None, limit),
+            out.append(_signal(thread, "stall", crossing, clip_quote(quote_src, 0, None, limit),
                                0.5 + 0.1 * excess, reason="too_many_turns", turns=len(thread.turns),
                                unresolved_turns=unresolved, max_turns=ctx.max_turns))
     counts: dict[tuple[str, str], int] = {}
@@ -1302,7 +1310,7 @@ def stall(thread: Thread, ctx: DetectionContext) -> list[Signal]:
             counts[key] = counts.get(key, 0) + 1
             if counts[key] == ctx.repeated_tool_calls:
                 quote_src = turn.user_text if turn.user_text.strip() else call.name
-                out.append(_signal(thread, "stall", turn, _clip(quote_src, 0, None, limit), 0.8,
+                out.append(_signal(thread, "stall", turn, clip_quote(quote_src, 0, None, limit), 0.8,
                                    reason="repeated_tool_call", tool=call.name,
                                    arguments=_jsonable_args(call.arguments), calls=counts[key]))
     return out
@@ -1348,7 +1356,7 @@ def context_loss(thread: Thread, ctx: DetectionContext) -> list[Signal]:
             if budget_hit is None:
                 src = turn.user_text or worst.error or ""
                 if src.strip():
-                    budget_hit = _signal(thread, "context_loss", turn, _clip(src, 0, None, limit), 0.9,
+                    budget_hit = _signal(thread, "context_loss", turn, clip_quote(src, 0, None, limit), 0.9,
                                          reason="token_budget", input_tokens=worst.input_tokens,
                                          budget=budget(worst.model), model=worst.model)
         # 2. Messages dropped from the LLM input.
@@ -1365,7 +1373,7 @@ def context_loss(thread: Thread, ctx: DetectionContext) -> list[Signal]:
                                  and m.content.strip() and m.content not in seen), None)
                     src = lost.content if lost is not None else turn.user_text
                     if src.strip():
-                        dropped_hit = _signal(thread, "context_loss", turn, _clip(src, 0, None, limit),
+                        dropped_hit = _signal(thread, "context_loss", turn, clip_quote(src, 0, None, limit),
                                               0.6, reason="messages_dropped", expected=expected,
                                               sent=got, llm_call_id=call.id)
                 break
@@ -1391,7 +1399,7 @@ def context_loss(thread: Thread, ctx: DetectionContext) -> list[Signal]:
                             given["phone"].append((v.strip(), turn.index))
             m = _USER_SAYS_LOST_RX.search(text)
             if m and turn.index > 0:
-                out.append(_signal(thread, "context_loss", turn, _clip(text, m.start(), m.end(), limit),
+                out.append(_signal(thread, "context_loss", turn, clip_quote(text, m.start(), m.end(), limit),
                                    0.6, reason="user_repeats"))
         agent_asked_for = set()
         for amsg in _assistant_messages(turn):
@@ -1446,7 +1454,7 @@ def language_switch(thread: Thread, ctx: DetectionContext) -> list[Signal]:
             reply_lang = detect_language(turn.reply_text) if turn.reply_text else None
             script_change = _is_script_language(lang) or _is_script_language(current)
             out.append(_signal(thread, "language_switch", turn,
-                               _clip(text, 0, None, ctx.evidence_max_chars),
+                               clip_quote(text, 0, None, ctx.evidence_max_chars),
                                0.9 if script_change else 0.7, **{"from": current, "to": lang},
                                reply_language=reply_lang,
                                agent_followed=None if reply_lang is None else reply_lang == lang))
@@ -1480,7 +1488,7 @@ def latency_outlier(thread: Thread, ctx: DetectionContext) -> list[Signal]:
         steps += [(t.latency_ms or 0.0, f"tool:{t.name}") for t in turn.tool_calls]
         slowest = max(steps, default=(0.0, None))
         # Twice the threshold is certain; just over it is a coin flip.
-        out.append(_signal(thread, "latency_outlier", turn, _clip(src, 0, None, ctx.evidence_max_chars),
+        out.append(_signal(thread, "latency_outlier", turn, clip_quote(src, 0, None, ctx.evidence_max_chars),
                            0.5 + 0.5 * min(1.0, math.log2(lat / cut)),
                            latency_ms=round(lat, 1), threshold_ms=round(cut, 1),
                            slowest_step=slowest[1]))
@@ -1502,9 +1510,9 @@ def negative_feedback(thread: Thread, ctx: DetectionContext) -> list[Signal]:
         rated = turn or (thread.turns[-1] if thread.turns else None)
         if fb.comment and fb.comment.strip():
             m = _NEGATIVE_COMMENT_RX.search(fb.comment)
-            quote = _clip(fb.comment, m.start(), m.end(), limit) if m else _clip(fb.comment, 0, None, limit)
+            quote = clip_quote(fb.comment, m.start(), m.end(), limit) if m else clip_quote(fb.comment, 0, None, limit)
         elif rated is not None and rated.reply_text.strip():
-            quote = _clip(rated.reply_text, 0, None, limit)
+            quote = clip_quote(rated.reply_text, 0, None, limit)
         elif fb.label:
             quote = fb.label
         else:
