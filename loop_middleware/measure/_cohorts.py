@@ -33,6 +33,7 @@ from unidiff.patch import PatchSet
 
 from ..errors import ConfigError, PatchError
 from ..patch import AllowedPaths, apply_unified_diff, make_diff, markdown_headings
+from ..patch._contract import single_file_patch
 from ..prompts import sha256_text
 from ..types import Diagnosis, Fix, FixKind, Intent, PromptVersion, Signal, Thread
 from ._stats import (
@@ -750,15 +751,8 @@ def reverse_diff(diff: str) -> str:
     Raises:
         PatchError: ``diff`` does not parse or names more than one file.
     """
-    try:
-        patch = PatchSet(diff)
-    except UnidiffParseError as exc:
-        raise PatchError(f"the diff does not parse: {exc}") from exc
-    if len(patch) != 1:
-        raise PatchError(f"expected a diff of exactly one file, got {len(patch)}")
-    pf = patch[0]
-    src = pf.source_file if pf.source_file != "/dev/null" else "/dev/null"
-    tgt = pf.target_file if pf.target_file != "/dev/null" else "/dev/null"
+    pf = single_file_patch(diff)
+    src, tgt = pf.source_file, pf.target_file
     marker = "\\ No newline at end of file\n"
     lines = [f"--- {tgt}\n", f"+++ {src}\n"]
     for h in pf:

@@ -27,7 +27,7 @@ from unidiff.constants import (
     LINE_TYPE_REMOVED,
 )
 from unidiff.errors import UnidiffParseError
-from unidiff.patch import PatchSet
+from unidiff.patch import PatchedFile, PatchSet
 
 from loop_middleware.errors import ContractViolationError, PatchError
 
@@ -220,6 +220,21 @@ def _split_lines(text: str) -> list[str]:
     return lines
 
 
+def single_file_patch(diff: str) -> PatchedFile:
+    """The one file a unified diff changes, parsed.
+
+    Raises:
+        PatchError: ``diff`` does not parse or names more than one file.
+    """
+    try:
+        patch = PatchSet(diff)
+    except UnidiffParseError as exc:
+        raise PatchError(f"the diff does not parse: {exc}") from exc
+    if len(patch) != 1:
+        raise PatchError(f"expected a diff of exactly one file, got {len(patch)}")
+    return patch[0]
+
+
 def apply_unified_diff(original: str, diff: str) -> str:
     """Apply a single-file unified diff to ``original``, strictly.
 
@@ -230,13 +245,7 @@ def apply_unified_diff(original: str, diff: str) -> str:
         PatchError: When the diff does not parse, names more than one file, or a hunk does not
             match (the message gives the hunk and the first mismatching line).
     """
-    try:
-        patch = PatchSet(diff)
-    except UnidiffParseError as exc:
-        raise PatchError(f"the diff does not parse: {exc}") from exc
-    if len(patch) != 1:
-        raise PatchError(f"expected a diff of exactly one file, got {len(patch)}")
-    pf = patch[0]
+    pf = single_file_patch(diff)
     src = _split_lines(original)
     out: list[str] = []
     pos = 0
