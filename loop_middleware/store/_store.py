@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import uuid
@@ -11,11 +12,13 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, func, select
+from pydantic import TypeAdapter
+from sqlalchemy import Text, cast, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine
 
+from .._perf import gc_paused
 from .._text import storable
 from ..errors import ConfigError, StoreError
 from ..types import (
@@ -218,11 +221,11 @@ class Store:
             if self.dialect == "postgresql":
                 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-                stmt: Any = pg_insert(sa_table).values(group)
+                stmt: Any = pg_insert(sa_table)
             elif self.dialect == "sqlite":
                 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-                stmt = sqlite_insert(sa_table).values(group)
+                stmt = sqlite_insert(sa_table)
             else:  # any other database: slower, portable merge
                 with Session(bind=conn) as s:
                     for r in group:
@@ -235,7 +238,10 @@ class Store:
                 if update
                 else stmt.on_conflict_do_nothing(index_elements=pk_cols)
             )
-            conn.execute(stmt)
+            # executemany of one cached statement: a multi-row VALUES statement would be
+            # compiled anew for every batch (its shape changes with the row count), which cost
+            # more than the insert itself.
+            conn.execute(stmt, group)
 
     # --- feedback and outcomes --------------------------------------------------------------
 
@@ -333,64 +339,96 @@ class Store:
         out: list[Thread] = []
         # Chunked so that IN (...) lists stay within every database's parameter limit.
         for i in range(0, len(ids), 500):
-            out.extend(self._load(ids[i : i + 500], include_empty))
+            with gc_paused():
+                out.extend(self._load(ids[i : i + 500], include_empty))
         return out
 
     def _load(self, ids: list[str], include_empty: bool) -> list[Thread]:
+        # Speed matters here: extraction reads every new thread, and an LLM call's input is the
+        # whole conversation so far (the bytes grow with the square of the turns). So: Core
+        # selects of plain tuples (no ORM identity map), and message lists validated straight
+        # from their JSON text by pydantic-core (one Rust call per list instead of json.loads
+        # plus one validation per message). Everything is still validated (pydantic's validating
+        # constructor measured faster than ``model_construct``).
         if not ids:
             return []
-        with self.session() as s:
-            threads = {r.thread_id: r for r in s.exec(select(ThreadRow).where(ThreadRow.thread_id.in_(ids))).scalars()}  # type: ignore[attr-defined,call-overload]
-            turns = s.exec(select(TurnRow).where(TurnRow.thread_id.in_(ids))).scalars().all()  # type: ignore[attr-defined,call-overload]
-            llm = s.exec(select(LLMCallRow).where(LLMCallRow.thread_id.in_(ids))).scalars().all()  # type: ignore[attr-defined,call-overload]
-            tools = s.exec(select(ToolCallRow).where(ToolCallRow.thread_id.in_(ids))).scalars().all()  # type: ignore[attr-defined,call-overload]
-            fbs = s.exec(select(FeedbackRow).where(FeedbackRow.thread_id.in_(ids))).scalars().all()  # type: ignore[attr-defined,call-overload]
-            shas = {sha for c in llm for sha in (c.prompt_shas or [])}
-            pvs = {
-                r.sha256: r
-                for r in s.exec(select(PromptVersionRow).where(PromptVersionRow.sha256.in_(shas))).scalars()  # type: ignore[attr-defined,call-overload]
+        th, tu, lc, tc, fb, pv = (t.__table__.c for t in (  # type: ignore[union-attr]
+            ThreadRow, TurnRow, LLMCallRow, ToolCallRow, FeedbackRow, PromptVersionRow))
+        with self.engine.connect() as conn:
+            threads = {r[0]: r for r in conn.execute(
+                select(th.thread_id, th.user_id, th.created_at, th.updated_at, th.meta)
+                .where(th.thread_id.in_(ids)))}
+            turns = conn.execute(
+                select(tu.id, tu.thread_id, tu.started_at, tu.ended_at, tu.latency_ms, tu.error,
+                       cast(tu.input_messages, Text), cast(tu.output_messages, Text), tu.meta)
+                .where(tu.thread_id.in_(ids))).all()
+            llm = conn.execute(
+                select(lc.id, lc.turn_id, lc.seq, lc.model, lc.provider,
+                       cast(lc.input_messages, Text), cast(lc.output_messages, Text),
+                       lc.prompt_shas, lc.input_tokens, lc.output_tokens, lc.latency_ms,
+                       lc.finish_reason, lc.error, lc.started_at)
+                .where(lc.thread_id.in_(ids))).all()
+            tools = conn.execute(
+                select(tc.id, tc.turn_id, tc.seq, tc.name, tc.arguments, tc.result, tc.error,
+                       tc.latency_ms, tc.tool_call_id, tc.started_at)
+                .where(tc.thread_id.in_(ids))).all()
+            fbs = conn.execute(
+                select(fb.id, fb.thread_id, fb.turn_id, fb.kind, fb.score, fb.label, fb.comment,
+                       fb.created_at)
+                .where(fb.thread_id.in_(ids))).all()
+            shas = {sha for c in llm for sha in (c[7] or [])}
+            versions = {
+                r[0]: PromptVersion(sha256=r[0], text=r[1] or "", name=r[2], path=r[3],
+                                    git_commit=r[4], git_dirty=bool(r[5]))
+                for r in conn.execute(
+                    select(pv.sha256, pv.text, pv.name, pv.path, pv.git_commit, pv.git_dirty)
+                    .where(pv.sha256.in_(shas)))
             } if shas else {}
-        versions = {
-            sha: PromptVersion(
-                sha256=r.sha256, text=r.text or "", name=r.name, path=r.path,
-                git_commit=r.git_commit, git_dirty=r.git_dirty,
-            )
-            for sha, r in pvs.items()
-        }
-        llm_by_turn: dict[str, list[LLMCallRow]] = defaultdict(list)
+        llm_by_turn: dict[str, list[LLMCall]] = defaultdict(list)
         for c in llm:
-            llm_by_turn[c.turn_id].append(c)
-        tools_by_turn: dict[str, list[ToolCallRow]] = defaultdict(list)
+            llm_by_turn[c[1]].append(LLMCall(
+                id=c[0], seq=c[2] or 0, model=c[3], provider=c[4],
+                input_messages=_msgs_json(c[5]), output_messages=_msgs_json(c[6]),
+                prompt_versions=[versions.get(sha) or PromptVersion(sha256=sha, text="")
+                                 for sha in c[7] or []],
+                input_tokens=c[8], output_tokens=c[9], latency_ms=c[10], finish_reason=c[11],
+                error=c[12], started_at=c[13],
+            ))
+        tools_by_turn: dict[str, list[ToolCall]] = defaultdict(list)
         for t in tools:
-            tools_by_turn[t.turn_id].append(t)
-        turns_by_thread: dict[str, list[TurnRow]] = defaultdict(list)
+            tools_by_turn[t[1]].append(ToolCall(
+                id=t[0], seq=t[2] or 0, name=t[3] or "", arguments=t[4], result=t[5], error=t[6],
+                latency_ms=t[7], tool_call_id=t[8], started_at=t[9],
+            ))
+        turns_by_thread: dict[str, list[Any]] = defaultdict(list)
         for t in turns:
-            turns_by_thread[t.thread_id].append(t)
-        fb_by_thread: dict[str, list[FeedbackRow]] = defaultdict(list)
+            turns_by_thread[t[1]].append(t)
+        fb_by_thread: dict[str, list[Any]] = defaultdict(list)
         for f in fbs:
-            fb_by_thread[f.thread_id].append(f)
+            fb_by_thread[f[1]].append(f)
 
         result = []
         for tid in ids:
             row = threads.get(tid)
             if row is None:
                 continue
-            trows = sorted(turns_by_thread.get(tid, []), key=lambda t: (_ts(t.started_at), t.id))
+            trows = sorted(turns_by_thread.get(tid, []), key=lambda t: (_ts(t[2]), t[0]))
             if not trows and not include_empty:
                 continue
             built = [
-                _build_turn(t, i, llm_by_turn.get(t.id, []), tools_by_turn.get(t.id, []), versions)
+                _build_turn(t, i, llm_by_turn.get(t[0], []), tools_by_turn.get(t[0], []))
                 for i, t in enumerate(trows)
             ]
             result.append(Thread(
-                thread_id=tid, turns=built, user_id=row.user_id, created_at=row.created_at,
-                updated_at=row.updated_at, metadata=row.meta or {},
+                thread_id=tid, turns=built, user_id=row[1], created_at=row[2],
+                updated_at=row[3], metadata=row[4] or {},
                 feedback=[
+                    # Validated: ``kind`` is a closed set and feedback rows are few.
                     Feedback(
-                        id=f.id, thread_id=f.thread_id, turn_id=f.turn_id, kind=f.kind,  # type: ignore[arg-type]
-                        score=f.score, label=f.label, comment=f.comment, created_at=f.created_at,
+                        id=f[0], thread_id=f[1], turn_id=f[2], kind=f[3], score=f[4], label=f[5],
+                        comment=f[6], created_at=f[7],
                     )
-                    for f in sorted(fb_by_thread.get(tid, []), key=lambda f: _ts(f.created_at))
+                    for f in sorted(fb_by_thread.get(tid, []), key=lambda f: _ts(f[7]))
                 ],
             ))
         return result
@@ -518,9 +556,12 @@ def _ts(d: datetime | None) -> float:
     return d.timestamp()
 
 
-def _msgs(raw: list[dict[str, Any]] | None) -> list[Message]:
+_MESSAGES: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
+
+
+def _msgs(raw: Any) -> list[Message]:
     out = []
-    for m in raw or []:
+    for m in raw if isinstance(raw, list) else ([] if raw is None else [raw]):
         try:
             out.append(Message.model_validate(m))
         except Exception:  # noqa: BLE001 - an odd stored message is shown, not dropped
@@ -528,32 +569,29 @@ def _msgs(raw: list[dict[str, Any]] | None) -> list[Message]:
     return out
 
 
-def _build_turn(
-    t: TurnRow, index: int, llm: list[LLMCallRow], tools: list[ToolCallRow],
-    versions: dict[str, PromptVersion],
-) -> Turn:
-    llm_calls = [
-        LLMCall(
-            id=c.id, seq=c.seq, model=c.model, provider=c.provider,
-            input_messages=_msgs(c.input_messages), output_messages=_msgs(c.output_messages),
-            prompt_versions=[
-                versions.get(sha) or PromptVersion(sha256=sha, text="") for sha in c.prompt_shas or []
-            ],
-            input_tokens=c.input_tokens, output_tokens=c.output_tokens, latency_ms=c.latency_ms,
-            finish_reason=c.finish_reason, error=c.error, started_at=c.started_at,
-        )
-        for c in sorted(llm, key=lambda c: c.seq)
-    ]
-    tool_calls = [
-        ToolCall(
-            id=c.id, seq=c.seq, name=c.name, arguments=c.arguments, result=c.result,
-            error=c.error, latency_ms=c.latency_ms, tool_call_id=c.tool_call_id,
-            started_at=c.started_at,
-        )
-        for c in sorted(tools, key=lambda c: c.seq)
-    ]
+def _msgs_json(raw: str | None) -> list[Message]:
+    """A stored message list from its JSON text: validated in one pass when well formed, else
+    message by message (an odd message becomes an ``other`` message, never dropped)."""
+    if not raw:
+        return []
+    try:
+        return _MESSAGES.validate_json(raw)
+    except ValueError:
+        pass
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return [Message(role="other", content=raw)]
+    return _msgs(data)
+
+
+def _build_turn(t: Any, index: int, llm_calls: list[LLMCall], tool_calls: list[ToolCall]) -> Turn:
+    """A turn from its row ``(id, thread_id, started_at, ended_at, latency_ms, error,
+    input_messages json, output_messages json, meta)`` and its calls."""
+    llm_calls.sort(key=lambda c: c.seq)
+    tool_calls.sort(key=lambda c: c.seq)
     # The turn's messages: what the user said, then what the agent produced, in order.
-    messages = _msgs(t.input_messages)
+    messages = _msgs_json(t[6])
     steps: list[tuple[int, list[Message]]] = [(c.seq, c.output_messages) for c in llm_calls]
     steps += [
         (c.seq, [Message(role="tool", content=(c.result or "") if c.error is None else f"Error: {c.error}",
@@ -563,11 +601,11 @@ def _build_turn(
     for _, ms in sorted(steps, key=lambda s: s[0]):
         messages.extend(ms)
     if not llm_calls:
-        messages.extend(_msgs(t.output_messages))
+        messages.extend(_msgs_json(t[7]))
     return Turn(
-        id=t.id, thread_id=t.thread_id, index=index, messages=messages, llm_calls=llm_calls,
-        tool_calls=tool_calls, started_at=t.started_at, ended_at=t.ended_at,
-        latency_ms=t.latency_ms, error=t.error, metadata=t.meta or {},
+        id=t[0], thread_id=t[1], index=index, messages=messages, llm_calls=llm_calls,
+        tool_calls=tool_calls, started_at=t[2], ended_at=t[3], latency_ms=t[4], error=t[5],
+        metadata=t[8] or {},
     )
 
 

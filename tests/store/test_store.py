@@ -134,3 +134,33 @@ def test_refused_rows_are_kept_aside_and_do_not_block_later_rows(store_url: str,
     assert writer.stats.rejected == 1
     rejected = (tmp_path / "s.jsonl.rejected.jsonl").read_text()
     assert "a-bad" in rejected and writer.spool_files == []
+
+
+def test_odd_stored_messages_are_shown_not_dropped(store_url: str) -> None:
+    """Messages are validated straight from their JSON text; a list holding something that is
+    not a message falls back to message-by-message reading, the odd item kept as ``other``."""
+    store = Store(store_url)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    store.write_rows([
+        ("thread", {"thread_id": "odd", "created_at": t0, "updated_at": t0}),
+        ("turn", {"id": "odd-0", "thread_id": "odd", "started_at": t0,
+                  "input_messages": [{"role": "user", "content": "hello"}, "a bare string",
+                                     {"role": "robot", "content": "x"}],
+                  "output_messages": None}),
+        ("llm_call", {"id": "odd-l", "turn_id": "odd-0", "thread_id": "odd", "seq": 1,
+                      "input_messages": [{"role": "user", "content": "hello"}],
+                      "output_messages": [{"role": "assistant", "content": "hi",
+                                           "tool_calls": [{"id": "c1", "name": "f", "args": {}}]}]}),
+        ("tool_call", {"id": "odd-t", "turn_id": "odd-0", "thread_id": "odd", "seq": 2,
+                       "name": "f", "arguments": {"q": [1, 2]}, "error": "boom"}),
+    ])
+    [t] = Store(store_url).list_threads()
+    msgs = t.turns[0].messages
+    assert [(m.role, m.content) for m in msgs] == [
+        ("user", "hello"), ("other", "a bare string"), ("other", str({"role": "robot", "content": "x"})),
+        ("assistant", "hi"), ("tool", "Error: boom"),
+    ]
+    assert msgs[3].tool_calls == [{"id": "c1", "name": "f", "args": {}}]
+    [call] = t.turns[0].llm_calls
+    assert [m.content for m in call.input_messages] == ["hello"]
+    assert t.turns[0].tool_calls[0].arguments == {"q": [1, 2]}
