@@ -15,18 +15,25 @@ import pickle
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
 
+from .._perf import gc_paused
 from ..errors import ExtractionError
 from ..store import Store
 from ..types import Intent, Signal, Thread
 from ._embed import Embedder, TfidfEmbedder, default_embedder
 from ._intents import IntentModel, build_intent_model
-from ._signals import DetectionContext, DetectorRegistry, detect_signals
+from ._signals import (
+    DetectionContext,
+    DetectorRegistry,
+    detect_signals,
+    latency_ms_of,
+    latency_threshold,
+)
 
 __all__ = [
     "ExtractionResult",
@@ -45,6 +52,9 @@ TFIDF_KEY = "extract.tfidf_vocabulary"
 MAX_OPENING_CHARS = 600
 """Opening requests are cut to this many characters before embedding (a pasted 4,000-token log
 says little about the intent beyond its first lines)."""
+
+_CHUNK = 500
+"""Threads read and examined at a time (also keeps ``IN (...)`` lists short)."""
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called while embedding and detecting."""
@@ -131,6 +141,43 @@ def _embed(embedder: Embedder, texts: Sequence[str], progress: Progress | None, 
     return np.vstack(parts)
 
 
+def _threads_since(store: Store, since: datetime | None, strictly_after: bool) -> list[tuple[str, datetime | None]]:
+    """``(thread_id, updated_at)`` of the threads updated at (or strictly after) ``since``,
+    oldest first, read from the thread table alone."""
+    from sqlalchemy import select
+
+    from ..store._tables import ThreadRow
+
+    c = ThreadRow.__table__.c  # type: ignore[attr-defined]
+    q = select(c.thread_id, c.updated_at).order_by(c.created_at, c.thread_id)
+    if since is not None:
+        q = q.where(c.updated_at >= since)
+    with store.engine.connect() as conn:
+        rows = [(r[0], r[1]) for r in conn.execute(q)]
+    if strictly_after and since is not None:
+        # Strictly after the watermark: the newest thread of the last run is not redone.
+        rows = [(t, u) for t, u in rows if u is None or _utc(u) > _utc(since)]
+    return rows
+
+
+def _turn_latencies(store: Store, thread_ids: Sequence[str]) -> list[float | None]:
+    """Every turn's latency (as ``turn_latency_ms``) in these threads, from the turn table
+    alone: the batch statistic the latency detector needs before any thread is examined."""
+    from sqlalchemy import select
+
+    from ..store._tables import TurnRow
+
+    c = TurnRow.__table__.c  # type: ignore[attr-defined]
+    out: list[float | None] = []
+    with store.engine.connect() as conn:
+        for i in range(0, len(thread_ids), _CHUNK):
+            q = select(c.latency_ms, c.started_at, c.ended_at).where(
+                c.thread_id.in_(thread_ids[i : i + _CHUNK]))
+            for lat, started, ended in conn.execute(q):
+                out.append(latency_ms_of(lat, started, ended))
+    return out
+
+
 def extract_signals(
     store: Store,
     since: datetime | None = None,
@@ -142,6 +189,13 @@ def extract_signals(
     """Detect failure signals in the threads updated since ``since`` (default: since the last
     run) and store them, replacing those threads' earlier signals.
 
+    Threads are read, examined and their signals saved in chunks of a few hundred: memory stays
+    flat on a store of any size, and (in CPython) the cyclic garbage collector does not walk an
+    ever-growing heap of loaded messages, which otherwise costs more than the detectors
+    themselves. The batch statistic (the latency outlier threshold) is computed over *all* the
+    threads first, from the turn table, so results equal :func:`detect_signals` on the whole
+    batch.
+
     Returns:
         (threads processed, their signals).
     """
@@ -150,19 +204,32 @@ def extract_signals(
         mark = store.get_meta(WATERMARK_KEY)
         since = datetime.fromisoformat(mark) if mark else None
         after_mark = since is not None
-    threads = store.list_threads(since=since)
-    if after_mark and since is not None:
-        # Strictly after the watermark: the newest thread of the last run is not redone.
-        threads = [t for t in threads if t.updated_at is None or _utc(t.updated_at) > _utc(since)]
+    index = _threads_since(store, since, after_mark)
+    ids = [t for t, _ in index]
     # The watermark is the newest update seen, so the next run starts where this one ended.
-    newest = max((t.updated_at for t in threads if t.updated_at), default=None)
-    signals = detect_signals(threads, registry=registry, context=context) if threads else []
-    if progress:
-        progress("signals", len(threads), len(threads))
-    store.save_signals([t.thread_id for t in threads], signals)
+    newest = max((u for _, u in index if u is not None), default=None)
+    ctx = DetectionContext() if context is None else context
+    if ids and ctx.latency_threshold_ms is None:
+        threshold = latency_threshold(_turn_latencies(store, ids), z=ctx.latency_z,
+                                      min_samples=ctx.latency_min_samples)
+        if threshold is not None:
+            ctx = replace(ctx, latency_threshold_ms=threshold)
+    signals: list[Signal] = []
+    processed = 0
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i : i + _CHUNK]
+        threads = store.list_threads(thread_ids=chunk)
+        with gc_paused():  # detectors build many small acyclic objects (see gc_paused)
+            found = detect_signals(threads, registry=registry, context=ctx)
+        # Every id of the chunk, loaded or not: a thread that lost its turns loses its signals.
+        store.save_signals(chunk, found)
+        signals.extend(found)
+        processed += len(threads)
+        if progress:
+            progress("signals", min(i + _CHUNK, len(ids)), len(ids))
     if newest is not None:
         store.set_meta(WATERMARK_KEY, newest.isoformat())
-    return len(threads), signals
+    return processed, signals
 
 
 def _fitted_tfidf(

@@ -35,6 +35,7 @@ import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, overload
 
 from ..errors import ConfigError, ExtractionError
@@ -274,10 +275,16 @@ register_detector = default_registry.register
 
 def turn_latency_ms(turn: Turn) -> float | None:
     """The turn's wall-clock latency: ``latency_ms``, else ``ended_at - started_at``, else None."""
-    if turn.latency_ms is not None:
-        return float(turn.latency_ms)
-    if turn.started_at is not None and turn.ended_at is not None:
-        return (turn.ended_at - turn.started_at).total_seconds() * 1000.0
+    return latency_ms_of(turn.latency_ms, turn.started_at, turn.ended_at)
+
+
+def latency_ms_of(latency_ms: float | None, started_at: datetime | None,
+                  ended_at: datetime | None) -> float | None:
+    """:func:`turn_latency_ms` from the three columns (for readers that skip building turns)."""
+    if latency_ms is not None:
+        return float(latency_ms)
+    if started_at is not None and ended_at is not None:
+        return float((ended_at - started_at).total_seconds() * 1000.0)
     return None
 
 

@@ -140,3 +140,28 @@ def test_result_helpers(tmp_path: Path, mode: str) -> None:
     refund_id = next(iid for tid, iid in res.assignments.items() if "-refund-" in tid)
     assert res.share(refund_id) == pytest.approx(0.5)
     assert res.top_signals(refund_id)[0] == ("tool_error", 6)  # copy 0 of each template
+
+
+def test_chunked_signal_extraction_equals_one_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads are read and examined a chunk at a time; the batch statistic (the latency
+    outlier threshold) still comes from every thread, so the signals equal one whole batch."""
+    import loop_middleware.extract._extract as ex
+    from loop_middleware.extract import detect_signals
+
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    fill(store, {"refund": REFUND, "password": PASSWORD}, 2, T0, "a")
+    # Steady ~1 s turns, with one 60 s turn: an outlier only against the whole batch.
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for k, tid in enumerate(store.thread_ids()):
+        rows.append(("turn", {"id": f"{tid}-0", "thread_id": tid, "latency_ms": 1000.0 + 10 * (k % 7)}))
+    rows.append(("turn", {"id": "a-password-20-0", "thread_id": "a-password-20", "latency_ms": 60_000.0}))
+    store.write_rows(rows)
+    monkeypatch.setattr(ex, "_CHUNK", 5)  # 24 threads: 5 chunks, the slow thread in the 5th
+    whole = detect_signals(store.list_threads())
+    n, chunked = extract_signals(store)
+    assert n == 24
+    key = [(s.thread_id, s.kind, s.turn_index, s.evidence) for s in whole]
+    assert [(s.thread_id, s.kind, s.turn_index, s.evidence) for s in chunked] == key
+    assert ("a-password-20", "latency_outlier") in {(s.thread_id, s.kind) for s in chunked}
+    stored = store.load_signals()
+    assert sorted((s.thread_id, s.kind, s.turn_index) for s in stored) == sorted(k[:3] for k in key)
