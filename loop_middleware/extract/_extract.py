@@ -53,6 +53,9 @@ MAX_OPENING_CHARS = 600
 """Opening requests are cut to this many characters before embedding (a pasted 4,000-token log
 says little about the intent beyond its first lines)."""
 
+FAST_FIT_SAMPLE = 2000
+"""In ``fast`` mode the first run discovers intents on this many openings (a fixed random
+sample) and places the others by nearest intent and novelty, as later runs do."""
 _CHUNK = 500
 """Threads read and examined at a time (also keeps ``IN (...)`` lists short)."""
 
@@ -298,8 +301,9 @@ def assign_intents(
         vectors = _embed(emb, texts, progress)
         if model is None:
             if len(texts) >= 2:
-                model, top = build_intent_model(texts, embedder=emb, embeddings=vectors,
-                                                min_cluster_size=min_cluster_size)
+                model, top = build_intent_model(
+                    texts, embedder=emb, embeddings=vectors, min_cluster_size=min_cluster_size,
+                    fit_sample=FAST_FIT_SAMPLE if mode == "fast" else None)
                 new_ids = [r.id for r in model.records]
             else:
                 top = [None] * len(texts)
@@ -346,8 +350,10 @@ def extract(
         store: Where threads come from and results go.
         since: Detect signals in threads updated at or after this time (default: since the
             last run; everything on the first run).
-        mode: ``default`` (the local MiniLM model), ``fast`` (a static model distilled from it),
-            or ``tfidf`` (no model needed). Ignored when ``embedder`` is given.
+        mode: ``default`` (the local MiniLM model), ``fast`` (a static model distilled from it,
+            and intents discovered on a sample of :data:`FAST_FIT_SAMPLE` openings), or
+            ``tfidf`` (no model needed). When ``embedder`` is given it replaces the mode's
+            model (the ``fast`` sample still applies).
         embedder: Any :class:`Embedder` (e.g. wrapping a LangChain ``Embeddings``).
         registry: Signal detectors to run (default: the built-ins plus any you registered).
         context: Detector settings.

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from loop_middleware.errors import ConfigError
 from loop_middleware.extract._embed import Embedder, MiniLMEmbedder, TfidfEmbedder
 from loop_middleware.extract._intents import (
     DEFAULT_CATEGORIES,
@@ -256,3 +257,25 @@ def test_tfidf_fallback_pipeline_runs_without_sentence_transformers() -> None:
     assert model.embedder_name == "tfidf"
     assert len({i for i in ids if i}) >= 2
     assert all(r.category in {*DEFAULT_CATEGORIES, "other"} for r in model.records)
+
+
+def test_fit_sample_discovers_on_a_sample_and_places_the_rest(minilm: Embedder) -> None:
+    """Fast mode's first run: intents found on a sample, the other texts placed by nearest
+    intent (or novelty); every group still becomes one intent and the ids are what ``assign``
+    gives, so a later run keeps them."""
+    texts, truth = _flatten(GROUPS)
+    x = minilm.embed(texts)
+    model, ids = build_intent_model(texts, embedder=minilm, embeddings=x, fit_sample=20,
+                                    sub_intents=False)
+    assert ids == model.assign(x)
+    # Only 20 of the 32 texts were clustered; all 32 have an intent, one per group.
+    numbers = {i: k for k, i in enumerate(sorted({i for i in ids if i}))}
+    labels = [numbers[i] if i else -1 for i in ids]
+    assert labels.count(-1) <= 2
+    assert len(numbers) == 4 and _purity(labels, truth) >= 0.9
+    # The sample is fixed: the same input gives the same model.
+    again, ids_again = build_intent_model(texts, embedder=minilm, embeddings=x, fit_sample=20,
+                                          sub_intents=False)
+    assert ids_again == ids and [r.id for r in again.records] == [r.id for r in model.records]
+    with pytest.raises(ConfigError, match="fit_sample"):
+        build_intent_model(texts, embedder=minilm, embeddings=x, fit_sample=1)
