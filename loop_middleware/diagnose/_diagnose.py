@@ -8,6 +8,46 @@
                                                             # ungrounded_answer, context_loss,
                                                             # loop_stall, or unexplained
       -> one Diagnosis per (intent, failure mode)           # cells of several signals merged
+    version jumps of cells and situations                   # exact tests, one BH family
+      -> one regression Diagnosis per intent / situation
+
+Regressions (what is tested, over which family, why false positives stay controlled)
+-------------------------------------------------------------------------------------
+A regression claims "sessions of this group fail more since the prompt changed from version A to
+the next version B". Sessions are grouped by the version of their main prompt; versions of one
+prompt are ordered by first appearance over *all* sessions analysed. Two kinds of group are
+tested, both with the one-sided exact conditional test of
+:func:`~loop_middleware.diagnose._stats.stratified_exact_test`:
+
+* **cells**: the sessions of one intent, affected = the cell's signal fired (one stratum: Fisher's
+  exact test), for every intent x failure signal with ``min_sessions`` affected sessions;
+* **situations** (``regression_situations``): the sessions in which signal kind X fired (a user
+  asked for a human, a tool failed), affected = failure kind Y fired at a later turn, for every
+  X != Y with ``min_sessions`` affected sessions, *stratified by intent*: each intent's sessions
+  are compared only with the same intent's sessions on the other version, so a shift of the
+  intent mix between versions is no jump, while the few sessions each intent contributes add up.
+  A prompt change usually breaks how the agent handles one situation, in every intent that
+  reaches it; a split or small intent (five requests for a human in each of four intents) never
+  has the numbers on its own.
+
+Either way a group needs ``min_version_sessions`` sessions on both versions of a consecutive
+pair; its p is the smallest over the pairs, Bonferroni-corrected for the number of pairs. Every
+p of every group tested (cells and situations, significant as a cell or not) forms **one**
+Benjamini-Hochberg family at ``regression_alpha``; only groups whose q passes and whose rate went
+up become ``regression`` diagnoses. Why that keeps false regressions rare:
+
+* each test is exact and valid for any sample size (conditional on the margins, no normal
+  approximation), and the version label is the only thing compared;
+* which groups enter the family depends only on the margins the exact tests condition on
+  (sessions per version, affected sessions in total), never on which version the affected
+  sessions are on, so selecting them does not bias the p-values; and each group is tested once,
+  with one statistic (no best-of-several tests);
+* BH controls the expected share of false regressions among those reported at ``regression_alpha``
+  for independent or positively dependent tests; the tests here share sessions (a cell and a
+  situation can hold the same threads) and their statistics move together, the positive
+  dependence (PRDS) case. Under "the change did nothing" BH also caps the chance of reporting any
+  regression at ``regression_alpha``. ``benchmarks/loop_benchmark.py`` measures both on the
+  example agent: version labels shuffled within intents, and a prompt change that alters nothing.
 
 The output is deterministic for the same input (sorted everywhere, no sampling), and a
 diagnosis' ``id`` depends only on the intent, its primary signal, the failure mode and the
@@ -27,7 +67,16 @@ from statsmodels.stats.multitest import multipletests
 
 from ..errors import ConfigError
 from ..types import Diagnosis, Evidence, Intent, PromptVersion, Signal, Thread
-from ._hypotheses import CellContext, Hypothesis, explain, regression, regression_test
+from ._hypotheses import (
+    CellContext,
+    Hypothesis,
+    explain,
+    regression,
+    regression_test,
+    situation_regression,
+    situation_tests,
+    version_order,
+)
 from ._stats import UNASSIGNED, CellStat, DiagnoseConfig, cell_table, significant_cells
 
 if TYPE_CHECKING:
@@ -49,9 +98,14 @@ _SIGNAL_PHRASES: Mapping[str, str] = {
 }
 
 
-def diagnosis_id(intent_id: str | None, signal: str, failure_mode: str, prompt_sha256: str | None) -> str:
-    """The stable id of a diagnosis: a hash of what identifies the problem and its fix target."""
-    key = "\x1f".join((intent_id or "", signal, failure_mode, prompt_sha256 or ""))
+def diagnosis_id(intent_id: str | None, signal: str, failure_mode: str, prompt_sha256: str | None,
+                 situation: str | None = None) -> str:
+    """The stable id of a diagnosis: a hash of what identifies the problem and its fix target
+    (``situation``: the trigger signal of a situation regression, which has no intent)."""
+    parts: tuple[str, ...] = (intent_id or "", signal, failure_mode, prompt_sha256 or "")
+    if situation is not None:
+        parts += (f"after:{situation}",)
+    key = "\x1f".join(parts)
     return "dx-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
@@ -153,8 +207,11 @@ def diagnose(
        gets **one** cause (:func:`_pick`: the mode its own signal names, else the most confident
        mechanism, else ``coverage_gap``, else ``unexplained``).
     3. Every cell with enough sessions on two prompt versions is tested for a version jump,
-       significant or not as a cell; the jumps that pass BH at ``regression_alpha`` become
-       ``regression`` diagnoses, and a cell with such a jump keeps no ``coverage_gap`` /
+       significant or not as a cell, and so is every situation ("after X, Y", stratified by
+       intent; see the module docstring); the jumps that pass BH (one family) at
+       ``regression_alpha`` become ``regression`` diagnoses: one per intent, and one per
+       situation trigger X (``intent_id=None``, named "after X (all intents)",
+       ``details["situation"] = X``). A cell with such a jump keeps no ``coverage_gap`` /
        ``unexplained`` cause of its own (the change explains it).
     4. A cell whose affected sessions mostly (``min_support``) had another explained cell's
        signal of the same intent at or before their own failure -- and not the other way round --
@@ -177,8 +234,9 @@ def diagnose(
             offline sentence is kept).
 
     Returns:
-        One :class:`~loop_middleware.types.Diagnosis` per (intent, root cause), in the order
-        above. Empty when no cell passes the false-discovery-rate control.
+        One :class:`~loop_middleware.types.Diagnosis` per (intent, root cause) and per regressed
+        situation, in the order above. Empty when no cell and no version jump passes the
+        false-discovery-rate control.
     """
     cfg = config if config is not None else DiagnoseConfig()
     if not isinstance(cfg, DiagnoseConfig):
@@ -189,8 +247,6 @@ def diagnose(
                        and s.turn_index == first_turn.get(s.thread_id))]
     all_cells = cell_table(threads, signals, assignments, config=cfg)
     cells = significant_cells(all_cells, cfg)
-    if not cells:
-        return []
     intents_by_id = {i.id: i for i in intents}
     members: dict[str | None, list[Thread]] = {}
     for t in threads:
@@ -202,6 +258,8 @@ def diagnose(
             signals_by_thread.setdefault(s.thread_id, []).append(s)
 
     shared: dict[str, Any] = {}
+    # Which of two prompt versions came first is decided once, on every session.
+    shared["version_order"] = version_order(threads, shared.setdefault("main_prompt", {}))
     others_of: dict[str | None, list[Thread]] = {}
 
     def context(cell: CellStat) -> CellContext:
@@ -213,7 +271,7 @@ def diagnose(
                            other_threads=others_of[cell.intent_id],
                            signals_by_thread=signals_by_thread, config=cfg, shared=shared)
 
-    # 3. Version jumps, in every cell with enough sessions (BH across the cells tested).
+    # 3. Version jumps, in every cell and every situation with enough sessions (one BH family).
     tests: list[tuple[CellStat, CellContext, dict[str, Any]]] = []
     for cell in all_cells:
         if cell.sessions_affected < cfg.min_sessions:
@@ -221,12 +279,22 @@ def diagnose(
         ctx = context(cell)
         if (test := regression_test(ctx)) is not None:
             tests.append((cell, ctx, test))
+    sit_tests = (situation_tests(threads, signals_by_thread, assignments, cfg, shared)
+                 if cfg.regression_situations else [])
     regressions: dict[_Key, tuple[CellStat, Hypothesis]] = {}
-    if tests:
-        qs = multipletests([t["p_adjusted"] for _, _, t in tests], method="fdr_bh")[1]
-        for (cell, ctx, test), q in zip(tests, qs, strict=True):
-            if (h := regression(ctx, test, float(min(1.0, q)))) is not None:
+    situations: dict[str, list[tuple[dict[str, Any], Hypothesis]]] = {}
+    if tests or sit_tests:
+        ps = [t["p_adjusted"] for _, _, t in tests] + [t["p_adjusted"] for t in sit_tests]
+        qs = [float(min(1.0, q)) for q in multipletests(ps, method="fdr_bh")[1]]
+        for (cell, ctx, test), q in zip(tests, qs[: len(tests)], strict=True):
+            if (h := regression(ctx, test, q)) is not None:
                 regressions[cell.key] = (cell, h)
+        by_id = {t.thread_id: t for t in threads}
+        for test, q in zip(sit_tests, qs[len(tests):], strict=True):
+            if (h := situation_regression(test, by_id, signals_by_thread, cfg, q)) is not None:
+                situations.setdefault(test["trigger"], []).append((test, h))
+    if not cells and not regressions and not situations:
+        return []
 
     # 2. One cause per significant cell.
     causes: dict[_Key, tuple[CellStat, Hypothesis]] = {}
@@ -282,6 +350,10 @@ def diagnose(
            for key, group in groups.items()]
     out += [_build(intent_id, group, intents_by_id, members, signals_by_thread, cfg, regression=True)
             for intent_id, group in reg_groups.items()]
+    for trigger, sit_group in sorted(situations.items()):
+        sit_group.sort(key=lambda th: (-th[0]["excess_sessions"] * cfg.severity_of(th[0]["signal"]),
+                                       th[0]["signal"]))
+        out.append(_build_situation(trigger, sit_group, len(threads), signals_by_thread, cfg))
     out = _rank(out)
     if llm is not None:
         by_id = {t.thread_id: t for t in threads}
@@ -386,4 +458,74 @@ def _build(
         prompt_sha256=prompt.sha256 if prompt else None,
         prompt_path=prompt.path if prompt else None,
         evidence=evidence, details=details,
+    )
+
+
+def _build_situation(
+    trigger: str,
+    group: list[tuple[dict[str, Any], Hypothesis]],
+    total: int,
+    signals_by_thread: Mapping[str, list[Signal]],
+    cfg: DiagnoseConfig,
+) -> Diagnosis:
+    """One diagnosis for the failures that became more frequent after ``trigger`` with a prompt
+    change (the :func:`~loop_middleware.diagnose._hypotheses.situation_tests` that passed BH).
+
+    A situation spans intents, so the diagnosis has ``intent_id=None`` and is named after the
+    situation; ``details["situation"]`` is the trigger and ``details["by_intent"]`` the counts
+    per intent. The numbers mirror an intent's: the rate "in the intent" is the failures' rate
+    after the trigger, "elsewhere" their rate in sessions without the trigger; ``p_value`` is
+    the version-jump test's (Bonferroni over version pairs) and ``q_value`` its BH q, the largest
+    over the merged failure kinds; the impact counts only the sessions the change added.
+    """
+    primary_test, primary = group[0]
+    kinds = [t["signal"] for t, _ in group]
+    in_situation = set(primary_test["trigger_turns"])
+    n_in = len(in_situation)
+    affected = sorted({tid for t, _ in group for tid in t["affected_ids"]})
+    elsewhere = {tid for tid, sigs in signals_by_thread.items()
+                 if tid not in in_situation and any(s.kind in kinds for s in sigs)}
+    n_out = total - n_in
+    a, b = len(affected), len(elsewhere)
+    rate_in, rate_out = a / n_in, (b / n_out if n_out else 0.0)
+    lift = rate_in / max(rate_out, 0.5 / n_out) if n_out else 1.0
+    q = max(float(h.details["q_value"]) for _, h in group)
+    p = max(float(t["p_adjusted"]) for t, _ in group)
+    excess = max(float(t["excess_sessions"]) for t, _ in group)
+    impact = max(float(t["excess_sessions"]) * cfg.severity_of(t["signal"]) for t, _ in group)
+    evidence: list[Evidence] = []
+    seen: set[tuple[str, str]] = set()
+    pools = [list(h.evidence) for _, h in group]
+    for i in range(max(len(pl) for pl in pools)):
+        for pl in pools:
+            if i < len(pl) and (pl[i].thread_id, pl[i].quote) not in seen and len(evidence) < cfg.max_evidence:
+                seen.add((pl[i].thread_id, pl[i].quote))
+                evidence.append(pl[i])
+    name = f"after {trigger} (all intents)"
+    what = " and ".join(_SIGNAL_PHRASES.get(k, f"shows {k}") for k in kinds)
+    summary = (f"'{name}' situation {what} because {primary.clause}: {a} sessions "
+               f"({_pct(a / total)} of sessions), about {excess:.0f} of them added by the change; "
+               f"{'/'.join(sorted(kinds))} after {trigger} {_pct(rate_in)} vs {_pct(rate_out)} in "
+               f"sessions without {trigger}")
+    details: dict[str, Any] = dict(primary.details)
+    details["signals"] = sorted(kinds)
+    details["affected_thread_ids"] = affected[:100]
+    details["cells"] = [
+        {"signal": t["signal"], "sessions_affected": len(t["affected_ids"]),
+         "old_rate": h.details["old_rate"], "new_rate": h.details["new_rate"],
+         "p_value": t["p_value"], "p_adjusted": t["p_adjusted"], "q_value": h.details["q_value"],
+         "excess_sessions": t["excess_sessions"], "hypothesis_confidence": h.confidence}
+        for t, h in group
+    ]
+    if len(group) > 1:
+        details["by_signal"] = {t["signal"]: {"clause": h.clause, **h.details} for t, h in group[1:]}
+    prompt = primary.prompt
+    assert prompt is not None  # a situation regression always names the new version
+    return Diagnosis(
+        id=diagnosis_id(None, primary_test["signal"], "regression", prompt.sha256, situation=trigger),
+        intent_id=None, intent_name=name, signal=primary_test["signal"], failure_mode="regression",
+        summary=summary, sessions_affected=a, share_of_sessions=a / total, rate_in_intent=rate_in,
+        rate_elsewhere=rate_out, lift=lift, p_value=p, q_value=q, impact=impact,
+        confidence=max(h.confidence for _, h in group),
+        prompt_sha256=prompt.sha256, prompt_path=prompt.path, evidence=evidence, details=details,
     )

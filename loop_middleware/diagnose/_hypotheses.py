@@ -13,7 +13,9 @@ confidence and the details a fix needs) or ``None``:
     The signal's rate in the intent jumped when the prompt changed: threads grouped by the
     version of their main prompt, versions in order of first appearance, a one-sided Fisher exact
     two-proportion test per consecutive pair (Bonferroni over the pairs). The details carry the
-    unified diff of the two versions.
+    unified diff of the two versions. :func:`situation_regression` is the same test in a
+    *situation* instead of an intent (the sessions after signal X, affected when failure Y
+    follows), stratified by intent; see :func:`situation_tests`.
 ``tool_failure``
     A tool's errors or empty results precede the failing turn in most affected sessions, and far
     less often in the intent's unaffected ones.
@@ -41,7 +43,7 @@ import itertools
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -50,7 +52,7 @@ from scipy.stats import fisher_exact
 
 from ..extract._signals import clip_quote as _clip
 from ..types import Evidence, Intent, PromptVersion, Signal, Thread, ToolCall, Turn
-from ._stats import CellStat, DiagnoseConfig
+from ._stats import CellStat, DiagnoseConfig, stratified_exact_test
 
 __all__ = [
     "FAILURE_MODES",
@@ -64,9 +66,13 @@ __all__ = [
     "loop_stall",
     "regression",
     "regression_test",
+    "situation_regression",
+    "situation_tests",
     "stem",
     "tool_failure",
     "ungrounded_answer",
+    "version_jump",
+    "version_order",
 ]
 
 FAILURE_MODES = ("coverage_gap", "regression", "tool_failure", "ungrounded_answer",
@@ -247,12 +253,9 @@ def _signal_evidence(ctx: CellContext, thread: Thread) -> Evidence | None:
     """The cell's own signal quote for ``thread``, if verbatim; else the failing turn's user text."""
     limit = ctx.config.max_quote_chars
     for s in ctx.cell_signals(thread):
-        # Detectors are asked for verbatim quotes; we check rather than trust. An ellipsis-joined
-        # quote keeps its longest verbatim fragment.
-        for part in sorted(re.split(r"\u2026|\.\.\.", s.evidence), key=len, reverse=True):
-            ev = _evidence(thread, part, s.turn_index, limit)
-            if ev is not None and len(ev.quote) >= 3:
-                return ev
+        # Detectors are asked for verbatim quotes; we check rather than trust.
+        if (ev := _quote_evidence(thread, s, limit)) is not None:
+            return ev
     h = ctx.horizon(thread)
     turn = _turn(thread, h) if h is not None else (thread.turns[0] if thread.turns else None)
     if turn is not None and turn.user_text.strip():
@@ -571,55 +574,113 @@ def _truncate(text: str, limit: int) -> str:
     return text[: cut if cut > 0 else limit] + "\n... (diff truncated)\n"
 
 
-def regression_test(ctx: CellContext) -> dict[str, Any] | None:
-    """The version-jump test of a cell, fired or not (``None``: no two versions with
-    ``min_version_sessions`` sessions each).
+def _main_prompt(thread: Thread, cache: dict[str, PromptVersion | None]) -> PromptVersion | None:
+    if thread.thread_id not in cache:
+        cache[thread.thread_id] = thread_main_prompt(thread)
+    return cache[thread.thread_id]
 
-    Returns the pair with the smallest one-sided Fisher p (``old``/``new`` versions, counts,
-    ``p_value`` and ``p_adjusted`` = Bonferroni over the pairs tested), so that a caller testing
-    many cells can control the false-discovery rate across them.
+
+def version_order(threads: Sequence[Thread],
+                  cache: dict[str, PromptVersion | None] | None = None) -> dict[str, tuple[Any, ...]]:
+    """``sha256 -> sort key`` of each main prompt version's first appearance among ``threads``:
+    its earliest thread time when every thread has one, else its first position in the input.
+
+    Computed once over every thread analysed, so that a small group of sessions does not decide
+    which of two versions came first.
     """
-    cfg = ctx.config
-    cache: dict[str, PromptVersion | None] = ctx.shared.setdefault("main_prompt", {})
-    threads = ctx.intent_threads
+    cache = cache if cache is not None else {}
     times = [_thread_time(t) for t in threads]
     use_time = all(ts is not None for ts in times)
-    # Versions of one prompt (same path, or name) form a sequence; different prompts don't.
-    seqs: dict[str, dict[str, tuple[Any, PromptVersion, list[Thread]]]] = {}
+    order: dict[str, tuple[Any, ...]] = {}
     for pos, (t, ts) in enumerate(zip(threads, times, strict=True)):
-        if t.thread_id not in cache:
-            cache[t.thread_id] = thread_main_prompt(t)
-        pv = cache[t.thread_id]
+        pv = _main_prompt(t, cache)
         if pv is None:
             continue
-        ident = pv.path or pv.name or "?"
-        order_key = (ts, pos) if use_time else (pos,)
-        versions = seqs.setdefault(ident, {})
-        if pv.sha256 not in versions:
-            versions[pv.sha256] = (order_key, pv, [t])
-        else:
-            k, v, members = versions[pv.sha256]
-            members.append(t)
-            versions[pv.sha256] = (min(k, order_key), v, members)
-    affected = set(ctx.failing_turn)
-    pairs: list[tuple[PromptVersion, PromptVersion, int, int, int, int, float]] = []
+        key: tuple[Any, ...] = (ts, pos) if use_time else (pos,)
+        if pv.sha256 not in order or key < order[pv.sha256]:
+            order[pv.sha256] = key
+    return order
+
+
+def version_jump(
+    threads: Sequence[Thread],
+    affected: Set[str],
+    config: DiagnoseConfig,
+    cache: dict[str, PromptVersion | None],
+    *,
+    strata: Mapping[str, str | None] | None = None,
+    order: Mapping[str, tuple[Any, ...]] | None = None,
+) -> dict[str, Any] | None:
+    """The version-jump test of one group of sessions, fired or not.
+
+    The sessions are grouped by the version of their main prompt; versions of one prompt (same
+    path, or name) form a sequence in order of first appearance (``order``, default: within
+    ``threads``). Every consecutive pair with ``min_version_sessions`` sessions on each side is
+    tested with :func:`~loop_middleware.diagnose._stats.stratified_exact_test` ("the share of
+    ``affected`` sessions is higher on the new version"), stratified by ``strata`` (thread id ->
+    intent; ``None``: one stratum, i.e. Fisher's exact test).
+
+    Returns:
+        ``None`` when no pair has enough sessions; else the pair with the smallest p (``old`` /
+        ``new`` versions, pooled counts, ``p_value``, ``p_adjusted`` = Bonferroni over the pairs
+        tested, ``excess_sessions`` = affected sessions on the new version beyond the old
+        version's rate, summed within strata that have both versions, and ``strata``: the
+        per-stratum ``[affected_new, new, affected_old, old]`` of that pair), so that a caller
+        testing many groups can control the false-discovery rate across them.
+    """
+    cfg = config
+    local = version_order(threads, cache)
+    if order is None or any(sha not in order for sha in local):
+        order = local
+    seqs: dict[str, dict[str, tuple[PromptVersion, list[Thread]]]] = {}
+    for t in threads:
+        pv = _main_prompt(t, cache)
+        if pv is None:
+            continue
+        seqs.setdefault(pv.path or pv.name or "?", {}).setdefault(pv.sha256, (pv, []))[1].append(t)
+    pairs: list[dict[str, Any]] = []
     for ident in sorted(seqs):
-        ordered = sorted(seqs[ident].values(), key=lambda x: x[0])
-        for (_, old, old_t), (_, new, new_t) in itertools.pairwise(ordered):
-            n_old, n_new = len(old_t), len(new_t)
-            if n_old < cfg.min_version_sessions or n_new < cfg.min_version_sessions:
+        ordered = sorted(seqs[ident].values(), key=lambda v: order[v[0].sha256])
+        for (old, old_t), (new, new_t) in itertools.pairwise(ordered):
+            if len(old_t) < cfg.min_version_sessions or len(new_t) < cfg.min_version_sessions:
                 continue
-            a_old = sum(t.thread_id in affected for t in old_t)
-            a_new = sum(t.thread_id in affected for t in new_t)
-            p = float(fisher_exact([[a_new, n_new - a_new], [a_old, n_old - a_old]],
-                                   alternative="greater")[1])
-            pairs.append((old, new, n_old, a_old, n_new, a_new, p))
+            tables: dict[str, list[int]] = {}
+            for t, col in [*((t, 0) for t in new_t), *((t, 2) for t in old_t)]:
+                key = "" if strata is None else (strata.get(t.thread_id) or "")
+                row = tables.setdefault(key, [0, 0, 0, 0])
+                row[col] += t.thread_id in affected
+                row[col + 1] += 1
+            p = stratified_exact_test([(a, b, c, d) for a, b, c, d in tables.values()])
+            excess = sum(a - b * c / d for a, b, c, d in tables.values() if b and d)
+            pairs.append({"old": old, "new": new,
+                          "old_sessions": len(old_t), "old_affected": sum(r[2] for r in tables.values()),
+                          "new_sessions": len(new_t), "new_affected": sum(r[0] for r in tables.values()),
+                          "p_value": p, "excess_sessions": round(max(0.0, excess), 2),
+                          "strata": {k: tables[k] for k in sorted(tables)}})
     if not pairs:
         return None
-    old, new, n_old, a_old, n_new, a_new, p = min(pairs, key=lambda x: (x[6], x[1].sha256))
-    return {"old": old, "new": new, "old_sessions": n_old, "old_affected": a_old,
-            "new_sessions": n_new, "new_affected": a_new, "p_value": p,
-            "p_adjusted": min(1.0, p * len(pairs)), "version_pairs_tested": len(pairs)}
+    best = min(pairs, key=lambda x: (x["p_value"], x["new"].sha256))
+    best["p_adjusted"] = min(1.0, best["p_value"] * len(pairs))
+    best["version_pairs_tested"] = len(pairs)
+    return best
+
+
+def regression_test(ctx: CellContext) -> dict[str, Any] | None:
+    """The version-jump test of a cell (its intent's sessions, affected = the cell's), fired or
+    not: :func:`version_jump` with one stratum, i.e. a one-sided Fisher exact test per
+    consecutive version pair, Bonferroni over the pairs (``None``: no two versions with
+    ``min_version_sessions`` sessions each)."""
+    cache: dict[str, PromptVersion | None] = ctx.shared.setdefault("main_prompt", {})
+    return version_jump(ctx.intent_threads, set(ctx.failing_turn), ctx.config, cache,
+                        order=ctx.shared.get("version_order"))
+
+
+def _diff(old: PromptVersion, new: PromptVersion, limit: int) -> str:
+    label = new.path or new.name or "the prompt"
+    diff = "".join(difflib.unified_diff(
+        old.text.splitlines(keepends=True), new.text.splitlines(keepends=True),
+        fromfile=f"{label}@{old.short}", tofile=f"{label}@{new.short}"))
+    return _truncate(diff, limit)
 
 
 def regression(ctx: CellContext, test: dict[str, Any] | None = None,
@@ -644,17 +705,12 @@ def regression(ctx: CellContext, test: dict[str, Any] | None = None,
     if level > cfg.regression_alpha or a_new / n_new <= a_old / n_old:
         return None
     label = new.path or new.name or "the prompt"
-    diff = "".join(difflib.unified_diff(
-        old.text.splitlines(keepends=True), new.text.splitlines(keepends=True),
-        fromfile=f"{label}@{old.short}", tofile=f"{label}@{new.short}"))
     on_new = [t for t in ctx.affected if (pv := thread_main_prompt(t)) is not None
               and pv.sha256 == new.sha256]
     share_new = len(on_new) / max(1, len(ctx.affected))
     stat = f"p={p_adj:.2g}" if q_value is None else f"p={p_adj:.2g}, q={q_value:.2g}"
     clause = (f"the {ctx.cell.signal} rate jumped from {_pct(a_old / n_old)} to {_pct(a_new / n_new)} "
               f"when {label} changed from {old.short} to {new.short} ({stat})")
-    # Sessions the change added: those on the new version beyond the old version's rate.
-    excess = max(0.0, a_new - n_new * a_old / n_old)
     return Hypothesis(
         failure_mode="regression", clause=clause,
         confidence=round((1.0 - level) * share_new, 3),
@@ -665,9 +721,161 @@ def regression(ctx: CellContext, test: dict[str, Any] | None = None,
                  "new_sessions": n_new, "new_affected": a_new,
                  "p_value": p, "p_adjusted": p_adj, "version_pairs_tested": test["version_pairs_tested"],
                  **({"q_value": q_value} if q_value is not None else {}),
-                 "excess_sessions": round(excess, 2),
+                 # Sessions the change added: those on the new version beyond the old version's rate.
+                 "excess_sessions": test["excess_sessions"],
                  "new_version_thread_ids": sorted(t.thread_id for t in on_new)[:100],
-                 "diff": _truncate(diff, cfg.max_diff_chars)},
+                 "diff": _diff(old, new, cfg.max_diff_chars)},
+        prompt=new,
+    )
+
+
+# --- (b') regression in a situation -------------------------------------------------------------
+
+
+def situation_tests(
+    threads: Sequence[Thread],
+    signals_by_thread: Mapping[str, Sequence[Signal]],
+    assignments: Mapping[str, str | None],
+    config: DiagnoseConfig,
+    shared: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Version-jump tests of "after X, Y": the sessions in which signal kind X fired (the
+    *situation*: a user asked for a human, a tool failed, the user switched language), affected
+    when failure kind Y fires at a later turn than the first X.
+
+    One test per (X, Y) with X != Y, X any kind placed at a turn, Y a failure kind (severity >
+    0), with ``min_sessions`` affected sessions and two versions with ``min_version_sessions``
+    situation sessions each: :func:`version_jump` stratified by intent (``assignments``), so the
+    sessions of every intent that reach the situation count, but only against sessions of the
+    same intent on the other version.
+
+    "Later turn", not "same turn": a user-side signal in the same message as X (an angry request
+    for a human) is part of the situation, not the agent's handling of it.
+
+    Returns:
+        The tests (each :func:`version_jump`'s dict plus ``trigger`` = X, ``signal`` = Y,
+        ``situation_sessions`` and the ``affected_ids``), in (X, Y) order.
+    """
+    cfg = config
+    cache: dict[str, PromptVersion | None] = shared.setdefault("main_prompt", {})
+    order = shared.get("version_order")
+    first: dict[str, dict[str, int]] = {}  # thread -> kind -> first turn
+    last: dict[str, dict[str, int]] = {}  # thread -> kind -> last turn
+    for t in threads:
+        for s in signals_by_thread.get(t.thread_id, []):
+            if s.turn_index is None:
+                continue
+            f, la = first.setdefault(t.thread_id, {}), last.setdefault(t.thread_id, {})
+            f[s.kind] = min(f.get(s.kind, s.turn_index), s.turn_index)
+            la[s.kind] = max(la.get(s.kind, s.turn_index), s.turn_index)
+    kinds = sorted({k for per in first.values() for k in per})
+    failures = [k for k in kinds if cfg.severity_of(k) > 0]
+    out: list[dict[str, Any]] = []
+    for x in kinds:
+        population = [t for t in threads if x in first.get(t.thread_id, {})]
+        if len(population) < 2 * cfg.min_version_sessions:
+            continue
+        for y in failures:
+            if y == x:
+                continue
+            affected = {t.thread_id for t in population
+                        if last.get(t.thread_id, {}).get(y, -1) > first[t.thread_id][x]}
+            if len(affected) < cfg.min_sessions:
+                continue
+            test = version_jump(population, affected, cfg, cache, strata=assignments, order=order)
+            if test is None:
+                continue
+            test.update(trigger=x, signal=y, situation_sessions=len(population),
+                        affected_ids=sorted(affected),
+                        trigger_turns={t.thread_id: first[t.thread_id][x] for t in population})
+            out.append(test)
+    return out
+
+
+def _first_after(signals: Sequence[Signal], kind: str, after: int) -> Signal | None:
+    later = [s for s in signals if s.kind == kind and s.turn_index is not None and s.turn_index > after]
+    return min(later, key=lambda s: s.turn_index or 0) if later else None
+
+
+def _quote_evidence(thread: Thread, signal: Signal, limit: int) -> Evidence | None:
+    """The signal's quote (its longest verbatim fragment, when ellipsis-joined) as evidence."""
+    for part in sorted(re.split(r"\u2026|\.\.\.", signal.evidence), key=len, reverse=True):
+        ev = _evidence(thread, part, signal.turn_index, limit)
+        if ev is not None and len(ev.quote) >= 3:
+            return ev
+    return None
+
+
+def situation_regression(
+    test: dict[str, Any],
+    threads_by_id: Mapping[str, Thread],
+    signals_by_thread: Mapping[str, Sequence[Signal]],
+    config: DiagnoseConfig,
+    q_value: float,
+) -> Hypothesis | None:
+    """After signal X, failure Y became more frequent from one prompt version to the next.
+
+    Args:
+        test: One of :func:`situation_tests`.
+        threads_by_id: Every thread analysed.
+        signals_by_thread: All signals per thread id.
+        config: ``regression_alpha``, evidence limits.
+        q_value: The test's false-discovery-rate adjusted p (BH across every version-jump test).
+
+    Returns:
+        ``None`` unless ``q_value <= regression_alpha`` and the rate went up. Evidence: the
+        agent's reply at the situation's turn (how it now handles the situation) and the failure
+        that followed, from sessions on the new version.
+    """
+    cfg = config
+    old, new = test["old"], test["new"]
+    x, y = test["trigger"], test["signal"]
+    n_old, a_old, n_new, a_new = (test["old_sessions"], test["old_affected"],
+                                  test["new_sessions"], test["new_affected"])
+    if q_value > cfg.regression_alpha or a_new / n_new <= a_old / n_old:
+        return None
+    label = new.path or new.name or "the prompt"
+    on_new = [threads_by_id[tid] for tid in test["affected_ids"]
+              if tid in threads_by_id and (pv := thread_main_prompt(threads_by_id[tid])) is not None
+              and pv.sha256 == new.sha256]
+    replies: list[Evidence] = []
+    failures: list[Evidence] = []
+    for t in on_new:
+        at = test["trigger_turns"][t.thread_id]
+        turn = _turn(t, at)
+        s = _first_after(signals_by_thread.get(t.thread_id, []), y, at)
+        for pool, ev in (
+            (replies, _evidence(t, _clip(turn.reply_text, 0, 0, cfg.max_quote_chars), at, cfg.max_quote_chars)
+             if turn is not None and turn.reply_text.strip() else None),
+            (failures, _quote_evidence(t, s, cfg.max_quote_chars) if s is not None else None),
+        ):
+            # One quote per distinct text: the same scripted reply in ten sessions says it once.
+            if ev is not None and all(ev.quote != e.quote for e in pool):
+                pool.append(ev)
+    strata = test["strata"]
+    informative = sum(1 for a, b, c, d in strata.values() if b and d)
+    clause = (f"after {x}, the {y} rate jumped from {_pct(a_old / n_old)} to {_pct(a_new / n_new)} "
+              f"of sessions when {label} changed from {old.short} to {new.short} (within "
+              f"{informative} intents with sessions on both versions; p={test['p_adjusted']:.2g}, "
+              f"q={q_value:.2g})")
+    return Hypothesis(
+        failure_mode="regression", clause=clause,
+        confidence=round((1.0 - q_value) * len(on_new) / max(1, len(test["affected_ids"])), 3),
+        evidence=_collect_evidence(replies, failures, limit=cfg.max_evidence),
+        details={"situation": x, "old_sha256": old.sha256, "new_sha256": new.sha256,
+                 "prompt_path": new.path,
+                 "old_rate": a_old / n_old, "new_rate": a_new / n_new,
+                 "old_sessions": n_old, "old_affected": a_old,
+                 "new_sessions": n_new, "new_affected": a_new,
+                 "situation_sessions": test["situation_sessions"],
+                 "p_value": test["p_value"], "p_adjusted": test["p_adjusted"],
+                 "version_pairs_tested": test["version_pairs_tested"], "q_value": q_value,
+                 "excess_sessions": test["excess_sessions"],
+                 "by_intent": {k or "(unassigned)": dict(zip(("new_affected", "new_sessions", "old_affected",
+                                                        "old_sessions"), v, strict=True))
+                               for k, v in strata.items()},
+                 "new_version_thread_ids": sorted(t.thread_id for t in on_new)[:100],
+                 "diff": _diff(old, new, cfg.max_diff_chars)},
         prompt=new,
     )
 

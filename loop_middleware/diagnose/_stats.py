@@ -22,6 +22,10 @@ Only *failure* kinds take part (severity > 0): ``language_switch`` is not a fail
 (a bilingual user is not a defect), so by default it has severity 0 and no cell. Its signals
 still reach the hypotheses as context.
 
+The version-jump tests of ``regression`` diagnoses use :func:`stratified_exact_test`: the exact
+conditional test of "more sessions affected on the new prompt version than on the old one" that
+pools several strata (intents) without mixing them, and is Fisher's exact test with one stratum.
+
 A known blind spot, by design: a signal that is equally frequent in *every* intent (a tool
 broken for everyone) has no intent with lift and no significant cell. That is a global incident,
 better caught by a plain rate alarm than by intent diagnosis.
@@ -34,8 +38,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from scipy.stats import fisher_exact
+from scipy.stats import fisher_exact, hypergeom
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from statsmodels.stats.multitest import multipletests
 
@@ -53,6 +58,7 @@ __all__ = [
     "DiagnoseConfig",
     "cell_table",
     "significant_cells",
+    "stratified_exact_test",
 ]
 
 UNASSIGNED = "(unassigned)"
@@ -144,13 +150,20 @@ class DiagnoseConfig(BaseModel):
 
     # --- regression -------------------------------------------------------------------------------
     regression_alpha: float = 0.05
-    """False-discovery rate of the version-jump tests: per cell the smallest p over the
-    consecutive version pairs is Bonferroni-corrected, then Benjamini-Hochberg runs over every
-    cell tested (every intent x signal with enough sessions on two versions, whether or not the
-    intent stands out against the other intents: a jump inside an intent whose rate is average
-    overall is still a regression)."""
+    """False-discovery rate of the version-jump tests. Per tested group of sessions (an intent x
+    signal cell, or a situation: the sessions after a signal, see :attr:`regression_situations`)
+    the smallest p over the consecutive version pairs is Bonferroni-corrected, then
+    Benjamini-Hochberg runs over every group tested, cells and situations together (every group
+    with enough sessions on two versions, whether or not it stands out against the rest: a jump
+    inside an intent whose rate is average overall is still a regression)."""
     min_version_sessions: int = 5
-    """Fewest sessions of the intent served by each of two versions for them to be compared."""
+    """Fewest sessions of a tested group served by each of two versions for them to be compared."""
+    regression_situations: bool = True
+    """Also test version jumps in *situations*: for each signal kind X and failure kind Y, the
+    sessions in which X fired, and whether Y followed it (at a later turn) more often on the new
+    version, stratified by intent. A prompt change usually breaks how the agent handles one
+    situation (a request for a human, a tool error, a user switching language), and the sessions
+    in that situation are spread over many intents, each too small to show the jump alone."""
     max_diff_chars: int = 4000
     """The unified diff of two prompt versions is truncated to this many characters."""
 
@@ -331,6 +344,43 @@ def cell_table(
     cells = [CellStat(q_value=float(min(1.0, qv)), **r) for r, qv in zip(rows, q, strict=True)]
     cells.sort(key=lambda c: (-c.impact, c.q_value, c.key))
     return cells
+
+
+def stratified_exact_test(tables: Sequence[tuple[int, int, int, int]]) -> float:
+    """One-sided exact p that the affected share is higher on the new version, across strata.
+
+    Each table is ``(affected_new, sessions_new, affected_old, sessions_old)`` of one stratum (an
+    intent). Conditional on every stratum's margins (sessions per version, affected sessions),
+    the affected count on the new version is hypergeometric in each stratum under the null "the
+    version does not change the chance of being affected, within each stratum"; their sum ``S``
+    is the convolution of those hypergeometric distributions, and the p-value is
+    ``P(S >= observed)``. This is the exact Mantel-Haenszel (Birch) test of a common odds ratio
+    of 1 against > 1, as R's ``mantelhaen.test(exact=TRUE, alternative="greater")``; with one
+    stratum it is Fisher's exact test (``fisher_exact(..., alternative="greater")``).
+
+    Stratifying keeps a change in the intent mix between versions from passing for a jump: if
+    the new version simply saw more of an intent that always fails more, no stratum's table
+    moves. Strata with sessions on one version only, or with all or none affected, carry no
+    information under the null (their count is fixed) and drop out.
+
+    Returns:
+        The p-value in ``[0, 1]`` (1 when no stratum is informative).
+    """
+    dist = np.ones(1)
+    low = observed = 0
+    for a_new, n_new, a_old, n_old in tables:
+        if min(a_new, n_new - a_new, a_old, n_old - a_old) < 0:
+            raise ValueError(f"invalid 2x2 table (affected_new, new, affected_old, old): "
+                             f"{(a_new, n_new, a_old, n_old)}")
+        n, k = n_new + n_old, a_new + a_old
+        if n_new == 0 or n_old == 0 or k == 0 or k == n:
+            continue
+        lo, hi = max(0, k - n_old), min(k, n_new)
+        dist = np.convolve(dist, hypergeom.pmf(np.arange(lo, hi + 1), n, k, n_new))
+        low += lo
+        observed += a_new
+    # The upper tail is summed directly (no 1 - cdf), so tiny p-values keep their precision.
+    return float(min(1.0, max(0.0, dist[max(0, observed - low):].sum())))
 
 
 def significant_cells(cells: Sequence[CellStat], config: DiagnoseConfig | None = None) -> list[CellStat]:
