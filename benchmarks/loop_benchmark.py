@@ -22,8 +22,20 @@ the true failures of every thread) is recorded on the side, and the loop is scor
 
   Two diagnoses of one defect (e.g. two refund sub-intents) are both true, but take two slots.
 * **threads needed**: the analysis (signals, intents with the same embedder, diagnose) is rerun on
-  growing prefixes of cohort 1, with the v1:v2 mix of the demo (1:2): the smallest prefix whose
-  top k holds the defect.
+  growing prefixes of cohort 1 (``--prefixes``, steps of 100 by default, then the whole cohort),
+  with the v1:v2 mix of the demo (1:2): the smallest prefix from which on the top k holds the
+  defect *at every larger prefix* (a defect that shows at 400, drops out at 500 and is back at
+  750 needs 750). ``first_found`` is the smallest prefix that holds it at all.
+* **no-regression controls**, so that finding the regression is not bought with false ones:
+
+  - *a prompt change that changes nothing*: cohort 1 is simulated again with prompt v1, then a
+    v1 with one extra, behaviour-neutral line (the simulator reads only section headings and a
+    grounding phrase), so there are two prompt versions and no regression. Every ``regression``
+    diagnosis on any prefix is false (defects a-c are still planted and scored);
+  - *version labels shuffled within intents* (``--shuffles`` per seed): the full cohort 1's
+    signals and intents are kept and each thread's prompt version is permuted among the threads
+    of its intent. The share of shuffles with any ``regression`` diagnosis estimates the chance
+    of a false regression when a change did nothing (Benjamini-Hochberg caps it at 5%).
 * **fix delta signs**: each fix's measured change of its failure rate, cohort 2 vs cohort 1
   (negative = fewer failures = right sign for a fix of a true diagnosis).
 * **timing**: one loop iteration (the graph's extract_signals, assign_intents, diagnose and
@@ -34,7 +46,7 @@ the true failures of every thread) is recorded on the side, and the loop is scor
   (every thread is detected, embedded and clustered), only the conversations repeat.
 
 Target (issue): every planted defect in the top 5 with at most 1 false diagnosis, from no more
-than 500 threads, on every seed.
+than 500 threads, on every seed (at every prefix from there on).
 
     python benchmarks/loop_benchmark.py                              # seeds 0,1,2; 500 threads
     python benchmarks/loop_benchmark.py --seeds 0 --threads 200 --sizes 1000
@@ -47,6 +59,7 @@ import contextlib
 import io
 import json
 import platform
+import random
 import shutil
 import sqlite3
 import sys
@@ -68,6 +81,7 @@ if str(ROOT) not in sys.path:
 import loop_middleware.demo as demo  # noqa: E402
 from loop_middleware.config import LoopConfig  # noqa: E402
 from loop_middleware.diagnose import DiagnoseConfig, diagnose  # noqa: E402
+from loop_middleware.diagnose._hypotheses import thread_main_prompt  # noqa: E402
 from loop_middleware.extract import (  # noqa: E402
     build_intent_model,
     default_embedder,
@@ -75,7 +89,7 @@ from loop_middleware.extract import (  # noqa: E402
     opening_text,
 )
 from loop_middleware.store import Store  # noqa: E402
-from loop_middleware.types import Diagnosis, Thread  # noqa: E402
+from loop_middleware.types import Diagnosis, Intent, PromptVersion, Signal, Thread  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "loop.json"
 console = Console(width=140)
@@ -186,16 +200,18 @@ def run_loop(work: Path, seed: int, threads: int, embedder: str, reuse: bool) ->
     return out, result.data, truth
 
 
-def cohort1(store: Store, truth: Truth) -> tuple[list[Thread], list[Thread]]:
+def cohort1(store: Store, truth: Truth, prefix: str = "c1") -> tuple[list[Thread], list[Thread]]:
     """Cohort 1's prompt-v1 and prompt-v2 threads, in simulation order."""
-    v1 = sorted(t for t, v in truth.items() if v["cohort"] == "c1v1")
-    v2 = sorted(t for t, v in truth.items() if v["cohort"] == "c1v2")
+    v1 = sorted(t for t, v in truth.items() if v["cohort"] == f"{prefix}v1")
+    v2 = sorted(t for t, v in truth.items() if v["cohort"] == f"{prefix}v2")
     return store.list_threads(thread_ids=v1), store.list_threads(thread_ids=v2)
 
 
-def analyse(threads: Sequence[Thread], vectors: Mapping[str, Any], embedder: Any,
-            min_group_size: int, alpha: float) -> list[Diagnosis]:
-    """What the graph's analysis does, on these threads only: signals, intents, diagnoses."""
+Prepared = tuple[list[Signal], list[Intent], dict[str, str | None]]
+
+
+def prepare(threads: Sequence[Thread], vectors: Mapping[str, Any], embedder: Any) -> Prepared:
+    """What the graph's extraction does, on these threads only: signals, intents, assignments."""
     import numpy as np
 
     signals = detect_signals(threads)
@@ -203,17 +219,147 @@ def analyse(threads: Sequence[Thread], vectors: Mapping[str, Any], embedder: Any
     texts = [opening_text(t) for t in threads if opening_text(t)]
     model, top = build_intent_model(texts, embedder=embedder,
                                     embeddings=np.vstack([vectors[i] for i in ids]))
-    assignments = dict(zip(ids, top, strict=True))
-    found = diagnose(threads, signals, model.intents(), assignments, config=DiagnoseConfig(alpha=alpha))
+    return signals, model.intents(), dict(zip(ids, top, strict=True))
+
+
+def run_diagnose(threads: Sequence[Thread], prepared: Prepared, min_group_size: int,
+                 alpha: float) -> list[Diagnosis]:
+    signals, intents, assignments = prepared
+    found = diagnose(threads, signals, intents, assignments, config=DiagnoseConfig(alpha=alpha))
     return [d for d in found if d.sessions_affected >= min_group_size]
+
+
+def analyse(threads: Sequence[Thread], vectors: Mapping[str, Any], embedder: Any,
+            min_group_size: int, alpha: float) -> list[Diagnosis]:
+    """What the graph's analysis does, on these threads only: signals, intents, diagnoses."""
+    return run_diagnose(threads, prepare(threads, vectors, embedder), min_group_size, alpha)
 
 
 def prefix_sizes(requested: Sequence[int], total: int) -> list[int]:
     return sorted({n for n in requested if n < total} | {total})
 
 
+def stable_from(sizes: Mapping[int, bool]) -> int | None:
+    """The smallest size from which on every larger size holds (``None``: not even the largest)."""
+    out = None
+    for n in sorted(sizes, reverse=True):
+        if not sizes[n]:
+            break
+        out = n
+    return out
+
+
+def embed_all(threads: Sequence[Thread], emb: Any) -> dict[str, Any]:
+    texts = [opening_text(t) for t in threads if opening_text(t)]
+    return dict(zip([t.thread_id for t in threads if opening_text(t)], emb.embed(texts), strict=True))
+
+
+# --- no-regression controls -----------------------------------------------------------------------
+
+
+def serve_with(thread: Thread, version: PromptVersion) -> Thread:
+    """The thread as if its main prompt (every call's version with ``version``'s path) had been
+    ``version``: only the recorded version changes, the conversation stays."""
+    turns = []
+    for turn in thread.turns:
+        calls = [c.model_copy(update={"prompt_versions": [version if pv.path == version.path else pv
+                                                          for pv in c.prompt_versions]})
+                 for c in turn.llm_calls]
+        turns.append(turn.model_copy(update={"llm_calls": calls}))
+    return thread.model_copy(update={"turns": turns})
+
+
+def shuffled_versions(threads: Sequence[Thread], assignments: Mapping[str, str | None],
+                      rng: random.Random) -> list[Thread]:
+    """The threads with their main prompt versions permuted among the threads of each intent."""
+    mains = [thread_main_prompt(t) for t in threads]
+    by_intent: dict[str | None, list[int]] = {}
+    for i, t in enumerate(threads):
+        by_intent.setdefault(assignments.get(t.thread_id), []).append(i)
+    out = list(threads)
+    for idx in by_intent.values():
+        labels = [mains[i] for i in idx]
+        rng.shuffle(labels)
+        for i, pv in zip(idx, labels, strict=True):
+            old = mains[i]
+            if pv is not None and old is not None and pv.sha256 != old.sha256:
+                out[i] = serve_with(threads[i], pv)
+    return out
+
+
+def shuffle_null(threads: Sequence[Thread], prepared: Prepared, shuffles: int, seed: int,
+                 min_group_size: int, alpha: float) -> dict[str, Any]:
+    """Regression diagnoses when the version labels are shuffled within intents (a null)."""
+    counts = []
+    for i in range(shuffles):
+        shuffled = shuffled_versions(threads, prepared[2], random.Random(seed * 100_003 + i))
+        found = run_diagnose(shuffled, prepared, min_group_size, alpha)
+        counts.append(sum(d.failure_mode == "regression" for d in found))
+    return {"shuffles": shuffles, "runs_with_regression": sum(c > 0 for c in counts),
+            "regressions": sum(counts)}
+
+
+NEUTRAL_LINE = "- Thank the customer for their patience when a lookup takes a while.\n"
+"""Appended to prompt v1 for the no-regression control: no section heading, no grounding phrase,
+nothing the simulator reads, so the agent behaves the same on both versions."""
+
+
+def run_control(work: Path, seed: int, threads: int, reuse: bool) -> tuple[Path, Truth]:
+    """Cohort 1 of the no-regression control: prompt v1, then v1 plus :data:`NEUTRAL_LINE`."""
+    out = work / f"control{seed}"
+    truth_file = out / "truth.json"
+    if reuse and truth_file.exists():
+        return out, json.loads(truth_file.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("loop.db*"):
+        stale.unlink()
+    example = demo.find_example(ROOT)
+    repo = out / "host_repo"
+    demo._host_repo(example, repo)
+    store = Store(f"sqlite:///{out / 'loop.db'}")
+    with recording_truth() as truth, contextlib.redirect_stderr(io.StringIO()):
+        demo._simulate(example, repo, store, max(threads // 2, 20), seed, "k1v1")
+        prompt = repo / "prompts" / "support.md"
+        prompt.write_text(prompt.read_text(encoding="utf-8").rstrip("\n") + "\n" + NEUTRAL_LINE,
+                          encoding="utf-8")
+        demo._git(repo, "commit", "-qam", "Prompt v1 with a behaviour-neutral line")
+        demo._simulate(example, repo, store, threads, seed + 1, "k1v2")
+    store.close()
+    truth_file.write_text(json.dumps(truth))
+    return out, truth
+
+
+def score_control(work: Path, seed: int, threads: int, emb: Any, k: int, prefixes: Sequence[int],
+                  reuse: bool, min_group_size: int, alpha: float) -> dict[str, Any]:
+    out, truth = run_control(work, seed, threads, reuse)
+    store = Store(f"sqlite:///{out / 'loop.db'}")
+    v1, v2 = cohort1(store, truth, "k1")
+    every = v1 + v2
+    versions = {pv.sha256 for t in every if (pv := thread_main_prompt(t)) is not None}
+    assert len(versions) == 2, f"control seed {seed}: expected two prompt versions, got {len(versions)}"
+    vectors = embed_all(every, emb)
+    by_size: dict[int, dict[str, Any]] = {}
+    for n in prefix_sizes(prefixes, len(every)):
+        n1 = round(n * len(v1) / len(every))
+        part = v1[:n1] + v2[: n - n1]
+        found = analyse(part, vectors, emb, min_group_size, alpha)
+        s = score(found, truth, k)
+        regs = [d for d in found if d.failure_mode == "regression"]
+        top_regs = sum(r["failure_mode"] == "regression" for r in s["top"])
+        by_size[n] = {"found": [d for d in s["found"] if d != "d"],
+                      # Any regression is false here, whatever its threads' truth.
+                      "false": s["false"] + sum(r["failure_mode"] == "regression" and r["defect"] is not None
+                                                for r in s["top"]),
+                      "regressions": len(regs), "regressions_in_top": top_regs,
+                      "regression_diagnoses": [f"{d.intent_name}:{d.signal}" for d in regs]}
+    store.close()
+    return {"threads_v1": len(v1), "threads_v2": len(v2), "prefixes": by_size,
+            "regressions": sum(r["regressions"] for r in by_size.values())}
+
+
 def run_seed(work: Path, seed: int, threads: int, embedder_mode: str, k: int,
-             prefixes: Sequence[int], reuse: bool) -> dict[str, Any]:
+             prefixes: Sequence[int], reuse: bool, control: bool = True,
+             shuffles: int = 0) -> dict[str, Any]:
     t0 = time.perf_counter()
     out, data, truth = run_loop(work, seed, threads, embedder_mode, reuse)
     loop_s = time.perf_counter() - t0
@@ -222,9 +368,7 @@ def run_seed(work: Path, seed: int, threads: int, embedder_mode: str, k: int,
     v1, v2 = cohort1(store, truth)
     emb = default_embedder(embedder_mode)  # type: ignore[arg-type]
     every = v1 + v2
-    texts = [opening_text(t) for t in every if opening_text(t)]
-    vecs = emb.embed(texts)
-    vectors = dict(zip([t.thread_id for t in every if opening_text(t)], vecs, strict=True))
+    vectors = embed_all(every, emb)
 
     # The loop's own diagnoses (on all of cohort 1, intents as the graph assigned them), rescored
     # with the diagnose code as it is now: the stored assignments are those the demo used.
@@ -234,17 +378,25 @@ def run_seed(work: Path, seed: int, threads: int, embedder_mode: str, k: int,
     loop_score = score(full, truth, k)
 
     by_size: dict[int, dict[str, Any]] = {}
+    full_prep: Prepared | None = None
     for n in prefix_sizes(prefixes, len(every)):
         n1 = round(n * len(v1) / len(every))
         part = v1[:n1] + v2[: n - n1]
-        s = score(analyse(part, vectors, emb, cfg.min_group_size, cfg.alpha), truth, k)
+        prep = prepare(part, vectors, emb)
+        if n == len(every):
+            full_prep = prep
+        s = score(run_diagnose(part, prep, cfg.min_group_size, cfg.alpha), truth, k)
         by_size[n] = {"found": s["found"], "false": s["false"],
                       "top": [f"{r['failure_mode']}:{r['signal']}@{r['true_intent']}"
                               + (f"={r['defect']}" if r["defect"] else "") for r in s["top"]]}
-    needed = {d.key: next((n for n in sorted(by_size) if d.key in by_size[n]["found"]), None)
-              for d in DEFECTS}
+    # Needed: found at that prefix and at every larger one (a defect that comes and goes is not
+    # found reliably until it stays).
+    needed = {d.key: stable_from({n: d.key in r["found"] for n, r in by_size.items()}) for d in DEFECTS}
+    first_found = {d.key: next((n for n in sorted(by_size) if d.key in by_size[n]["found"]), None)
+                   for d in DEFECTS}
     # Target: from the first prefix of at most 500 threads on, every defect found, <= 1 false.
-    ok_sizes = [n for n, r in by_size.items() if len(r["found"]) == len(DEFECTS) and r["false"] <= 1]
+    ok = {n: len(r["found"]) == len(DEFECTS) and r["false"] <= 1 for n, r in by_size.items()}
+    ok_from = stable_from(ok)
 
     fixes = []
     diag_defect = {}
@@ -264,9 +416,12 @@ def run_seed(work: Path, seed: int, threads: int, embedder_mode: str, k: int,
     return {
         "seed": seed, "threads_cohort1": len(every), "threads_v1": len(v1), "threads_v2": len(v2),
         "loop": {"found": loop_score["found"], "false": loop_score["false"], "top": loop_score["top"]},
-        "prefixes": by_size, "threads_needed": needed,
-        "target_met": bool(ok_sizes) and min(ok_sizes) <= 500
-        and all(n in ok_sizes for n in by_size if n >= min(ok_sizes)),
+        "prefixes": by_size, "threads_needed": needed, "first_found": first_found,
+        "target_met": ok_from is not None and ok_from <= 500,
+        "control": (score_control(work, seed, threads, emb, k, prefixes, reuse, cfg.min_group_size, cfg.alpha)
+                    if control else None),
+        "shuffle_null": (shuffle_null(every, full_prep, shuffles, seed, cfg.min_group_size, cfg.alpha)
+                         if shuffles and full_prep is not None else None),
         "fixes": fixes, "truth": truth_rates, "loop_seconds": round(loop_s, 1),
         "demo_timings_s": data.get("timings_s", {}),
     }
@@ -364,15 +519,21 @@ def run_timing(work: Path, sizes: Sequence[int], embedder: str, seed: int = 7) -
 
 def print_table(seeds: Sequence[dict[str, Any]], k: int) -> None:
     tab = Table(title=f"planted defects in the top {k}")
-    for col in ("seed", "cohort 1", "found (loop)", "false", "needed a/b/c/d", "target", "fixes (delta<0)"):
+    for col in ("seed", "cohort 1", "found (loop)", "false", "needed a/b/c/d", "target", "fixes (delta<0)",
+                "control: regressions / max false", "shuffles with a regression"):
         tab.add_column(col)
     for r in seeds:
         need = "/".join(str(r["threads_needed"][d.key] or "-") for d in DEFECTS)
         fx = r["fixes"]
         signs = f"{sum(bool(f['right_sign']) for f in fx)}/{sum(f['delta'] is not None for f in fx)}"
+        ctl = r.get("control")
+        ctl_s = (f"{ctl['regressions']} / {max(p['false'] for p in ctl['prefixes'].values())}"
+                 if ctl else "-")
+        nul = r.get("shuffle_null")
+        nul_s = f"{nul['runs_with_regression']}/{nul['shuffles']}" if nul else "-"
         tab.add_row(str(r["seed"]), f"{r['threads_v1']}+{r['threads_v2']}",
                     ",".join(r["loop"]["found"]) or "-", str(r["loop"]["false"]), need,
-                    "yes" if r["target_met"] else "no", signs)
+                    "yes" if r["target_met"] else "no", signs, ctl_s, nul_s)
     console.print(tab)
     for r in seeds:
         console.print(f"seed {r['seed']} top {k}:")
@@ -381,6 +542,10 @@ def print_table(seeds: Sequence[dict[str, Any]], k: int) -> None:
                           f"true={row['true_intent']:13} n={row['sessions']:3}  -> {row['defect'] or 'FALSE'}")
         for n, p in r["prefixes"].items():
             console.print(f"   prefix {n:4}: found {','.join(p['found']) or '-':8} false {p['false']}")
+        if r.get("control"):
+            for n, p in r["control"]["prefixes"].items():
+                console.print(f"   control {n:4}: found {','.join(p['found']) or '-':8} false {p['false']} "
+                              f"regressions {p['regressions']} {p['regression_diagnoses']}")
         for f in r["fixes"]:
             d = f"{f['delta']:+.3f}" if f["delta"] is not None else "  n/a "
             console.print(f"   fix {f['kind']:14} defect={f['defect'] or '-'} delta={d} {f['decision']:6} {f['title'][:70]}")
@@ -400,6 +565,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true",
                     help="reuse the simulated loops in --work (rescore with the current diagnose code)")
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS})")
+    ap.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the no-regression control (a prompt change that changes nothing)")
+    ap.add_argument("--shuffles", type=int, default=20,
+                    help="version-label shuffles within intents per seed (a null; 0 = skip)")
     args = ap.parse_args(argv)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="loop-bench-"))
@@ -410,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for seed in seeds:
         console.print(f"seed {seed}: loop on {args.threads} threads ...")
-        results.append(run_seed(work, seed, args.threads, args.embedder, args.k, prefixes, args.reuse))
+        results.append(run_seed(work, seed, args.threads, args.embedder, args.k, prefixes, args.reuse,
+                                control=args.control, shuffles=args.shuffles))
     print_table(results, args.k)
     timing = run_timing(work, sizes, args.embedder) if sizes else {}
     out = {
@@ -418,6 +588,13 @@ def main(argv: list[str] | None = None) -> int:
         "target": "every planted defect in the top 5 with at most 1 false diagnosis, "
                   "from <= 500 threads, on every seed",
         "target_met": all(r["target_met"] for r in results),
+        "no_regression_controls": {
+            "control_regressions": (sum(r["control"]["regressions"] for r in results)
+                                    if args.control else None),
+            "shuffles_with_regression": (sum(r["shuffle_null"]["runs_with_regression"] for r in results)
+                                         if args.shuffles else None),
+            "shuffles": args.shuffles * len(results) if args.shuffles else 0,
+        },
         "defects": {d.key: {"name": d.name, "failure_mode": d.failure_mode,
                             "intents": sorted(d.intents), "failure": d.failure} for d in DEFECTS},
         "seeds": results, "timing": timing,
