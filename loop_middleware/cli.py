@@ -211,7 +211,9 @@ def _progress_bar() -> tuple[Any, Any]:
 
 EmbedderOption = Annotated[
     str, typer.Option(help="Intent embeddings: default (local MiniLM), fast (static, distilled "
-                           "from it), tfidf (no model).")
+                           "from it; a first run discovers intents on a 2,000-thread sample: "
+                           "several times faster on big stores, a little coarser), tfidf (no "
+                           "model).")
 ]
 
 
