@@ -629,15 +629,14 @@ def version_jump(
         testing many groups can control the false-discovery rate across them.
     """
     cfg = config
-    local = version_order(threads, cache)
-    if order is None or any(sha not in order for sha in local):
-        order = local
     seqs: dict[str, dict[str, tuple[PromptVersion, list[Thread]]]] = {}
     for t in threads:
         pv = _main_prompt(t, cache)
         if pv is None:
             continue
         seqs.setdefault(pv.path or pv.name or "?", {}).setdefault(pv.sha256, (pv, []))[1].append(t)
+    if order is None or any(sha not in order for per in seqs.values() for sha in per):
+        order = version_order(threads, cache)
     pairs: list[dict[str, Any]] = []
     for ident in sorted(seqs):
         ordered = sorted(seqs[ident].values(), key=lambda v: order[v[0].sha256])
