@@ -72,8 +72,18 @@ def _time(value: Any) -> datetime | None:
     return None
 
 
+def _situation(diagnosis: Diagnosis) -> str | None:
+    """The trigger signal kind of a situation regression ("after X, Y in every intent")."""
+    situation = (diagnosis.details or {}).get("situation")
+    return str(situation) if diagnosis.intent_id is None and situation else None
+
+
 def failure_mode_key(diagnosis: Diagnosis) -> str:
-    """``<intent id>/<failure mode>``: one timeline per intent and failure mode."""
+    """``<intent id>/<failure mode>``: one timeline per intent and failure mode; a situation
+    regression (no intent) has ``after:<trigger kind>/<failure mode>``."""
+    situation = _situation(diagnosis)
+    if situation is not None:
+        return f"after:{situation}/{diagnosis.failure_mode}"
     return f"{diagnosis.intent_id or UNASSIGNED}/{diagnosis.failure_mode}"
 
 
@@ -320,8 +330,13 @@ def loop_health(
     for key, group in by_key.items():
         first_d = group[0][0]
         intent_id = first_d.intent_id
-        assign = leaf if intent_id is not None and intent_id not in top_ids else top
-        in_intent = {t for t, a in assign.items() if a == intent_id}
+        situation = _situation(first_d)
+        if situation is not None:
+            # A situation spans intents: its threads are those where the trigger fired.
+            in_intent = {t for t, kinds_fired in fired.items() if situation in kinds_fired}
+        else:
+            assign = leaf if intent_id is not None and intent_id not in top_ids else top
+            in_intent = {t for t, a in assign.items() if a == intent_id}
         kinds = {k for d, _ in group for k in (d.details.get("signals") or [d.signal])}
         events: list[HealthEvent] = []
         seen = [at for t in in_intent if fired.get(t, set()) & kinds

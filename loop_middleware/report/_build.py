@@ -23,7 +23,6 @@ from sqlalchemy import func, select
 from ..errors import ConfigError
 from ..measure._cohorts import (
     MEASURED_STATUSES,
-    UNASSIGNED,
     FixMeasurementResult,
     _Source,
     cohorts_for_fix,
@@ -258,10 +257,10 @@ def build_report_data(
     thread_signals = store.load_signals(thread_ids=cited) if cited else []
     # Imported here: measure._health builds report models, so a module-level import would make
     # the two packages' __init__ files import each other.
-    from ..measure._health import loop_health
+    from ..measure._health import failure_mode_key, loop_health
 
     health, _ = loop_health(store)
-    keys = {f"{d.intent_id or UNASSIGNED}/{d.failure_mode}" for d in diagnoses}
+    keys = {failure_mode_key(d) for d in diagnoses}
     health = LoopHealth(timelines=[t for t in health.timelines if t.key in keys])
     tick("done", steps)
     return ReportData(

@@ -119,3 +119,40 @@ def test_loop_health_of_a_real_loop_and_a_failure_mode_that_comes_back(tmp_path:
         assert len(summary.intent_mix) == 4
     finally:
         w.close()
+
+
+def test_a_situation_regression_has_its_own_timeline_over_the_trigger_threads(tmp_path: Path) -> None:
+    """A regression "after escalation, frustration (all intents)" has no intent: its timeline
+    is keyed by the situation and first seen in a thread where the trigger fired, not in the
+    unassigned threads."""
+    store = Store(f"sqlite:///{tmp_path / 'h.db'}")
+    store.write_rows([("thread", {"thread_id": f"t{i}", "created_at": T0 + timedelta(minutes=i)})
+                      for i in range(6)])
+    signals = [
+        Signal(thread_id="t0", kind="frustration", turn_index=0),  # unassigned, no escalation
+        Signal(thread_id="t1", kind="frustration", turn_index=0),  # an intent, no escalation
+        Signal(thread_id="t3", kind="escalation", turn_index=0),
+        Signal(thread_id="t3", kind="frustration", turn_index=1),  # the situation, first
+        Signal(thread_id="t5", kind="escalation", turn_index=0),
+        Signal(thread_id="t5", kind="frustration", turn_index=1),
+    ]
+    store.save_signals([f"t{i}" for i in range(6)], signals)
+    store.save_assignments({"t0": (None, None), "t1": ("orders", None), "t3": ("orders", None),
+                            "t5": ("refund", None)})
+    dx = _dx("dx-s", "x", "regression", signal="frustration").model_copy(update={
+        "intent_id": None, "intent_name": "after escalation (all intents)",
+        "details": {"situation": "escalation", "signals": ["frustration"]}})
+    unassigned = _dx("dx-u", "x", "regression", signal="frustration").model_copy(update={
+        "intent_id": None, "intent_name": "(unassigned)"})
+    store.write_rows([
+        ("diagnosis", {"id": d.id, "intent_id": None, "failure_mode": "regression",
+                       "created_at": T0 + timedelta(hours=1), "payload": d.model_dump(mode="json")})
+        for d in (dx, unassigned)
+    ])
+    health, _ = loop_health(store)
+    by_key = {t.key: t for t in health.timelines}
+    assert set(by_key) == {"after:escalation/regression", "(unassigned)/regression"}
+    first = by_key["after:escalation/regression"].first("first_seen")
+    assert first is not None and first.at == T0 + timedelta(minutes=3)
+    first_u = by_key["(unassigned)/regression"].first("first_seen")
+    assert first_u is not None and first_u.at == T0  # t0: the one unassigned thread
