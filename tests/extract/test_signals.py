@@ -204,6 +204,8 @@ POSITIVE: list[Any] = [
                  "cannot_help", 0, id="refusal-pt"),
     pytest.param("refusal", make_thread(("Why is my invoice wrong?", _LONG_REPLY),), "cannot_help", 0,
                  id="refusal-long-reply"),
+    pytest.param("refusal", make_thread(("Can you close my ticket?", "I'm unable to assist with tickets."),),
+                 "cannot_help", 0, id="refusal-contraction"),
     # tool_error
     pytest.param("tool_error", make_thread(("Where is order 88123?", "Sorry, our system is down.",
                                             [tool("get_order", error="ConnectionError: orders-api unreachable")]),),
