@@ -663,7 +663,7 @@ _ESCALATION_CONFIDENCE = {"human": 0.9, "cancel": 0.8, "complaint": 0.75}
 
 _REFUSAL_RX = _rx_groups({
     "cannot_help": (
-        r"\bi(?: can't| cannot| can not| am unable to|'m unable to| am not able to|'m not able to| won't be able to) (?:help|assist|provide|answer|process|support|discuss|share|do that)\b",
+        r"\bi(?: can't| cannot| can not| am unable to|'m unable to| am not able to|'m not able to| won't be able to) (?:help|assist|provide|answer|process|support|discuss|share|do that|transfer you|connect you|put you through|escalate (?:this|that|your|it))\b",
         r"\bthat(?:'s| is) (?:outside|beyond) (?:my|the) (?:scope|capabilities)\b",
         r"\bi(?:'m| am) not (?:allowed|permitted|authorized) to\b",
         r"\bno (?:puedo|podemos) (?:ayudar(?:te|le)?|asistir(?:te|le)?)\b|\blo siento,? (?:pero )?no puedo\b",

@@ -206,6 +206,10 @@ POSITIVE: list[Any] = [
                  id="refusal-long-reply"),
     pytest.param("refusal", make_thread(("Can you close my ticket?", "I'm unable to assist with tickets."),),
                  "cannot_help", 0, id="refusal-contraction"),
+    # A refused hand-off is a refusal too (prompt v2 of the example agent lost its Escalation section).
+    pytest.param("refusal", make_thread(("I want to talk to a person.",
+                                         "I'm sorry, I'm not able to transfer you to a human agent."),),
+                 "cannot_help", 0, id="refusal-handoff"),
     # tool_error
     pytest.param("tool_error", make_thread(("Where is order 88123?", "Sorry, our system is down.",
                                             [tool("get_order", error="ConnectionError: orders-api unreachable")]),),
@@ -338,6 +342,10 @@ NEGATIVE: list[Any] = [
         ("Can you change my billing date?", "I can help with that! Your billing date is now the 5th."),
         ("I can't help noticing the new logo", "Thanks, we like it too."),
     ), id="refusal-helpful"),
+    pytest.param("refusal", make_thread(("I want to talk to a person.", "Of course, I'll transfer you to a human agent now."),),
+                 id="refusal-handoff-granted"),
+    pytest.param("refusal", make_thread(("When can you send the refund?", "I can transfer you the money today."),),
+                 id="refusal-transfer-money"),
     pytest.param("tool_error", make_thread(("Where is order 88123?", "Delivered.", [
         tool("get_order", '{"error": null, "status": "shipped"}'),
         tool("get_order", "Order 88123: delivered on 2024-05-02, no errors reported"),
