@@ -10,6 +10,7 @@
       -> one Diagnosis per (intent, failure mode)           # cells of several signals merged
     version jumps of cells and situations                   # exact tests, one BH family
       -> one regression Diagnosis per intent / situation
+    cells a regressed situation added                       # attributed to it (no test)
 
 Regressions (what is tested, over which family, why false positives stay controlled)
 -------------------------------------------------------------------------------------
@@ -48,6 +49,28 @@ up become ``regression`` diagnoses. Why that keeps false regressions rare:
   dependence (PRDS) case. Under "the change did nothing" BH also caps the chance of reporting any
   regression at ``regression_alpha``. ``benchmarks/loop_benchmark.py`` measures both on the
   example agent: version labels shuffled within intents, and a prompt change that alters nothing.
+
+Cells a situation regression explains (an attribution, not a test)
+-----------------------------------------------------------------
+A prompt change that breaks a situation also shows in the cells of the intents that reach it most:
+the users who ask for a human are refused, and in the intent made mostly of such users the refusal
+cell is significant. Its own version jump may well not pass (the intent also had refusals for
+other reasons before the change, or too few sessions), and it would read as a coverage gap. So a
+significant cell whose cause would be ``coverage_gap`` or ``unexplained``, and which no other
+cause of its intent explains (step 4 of :func:`diagnose`), joins a regressed situation "after X"
+when the change added most of it: within the cell's intent, take the sessions in which X fired,
+per version of the regression's pair; the cell's sessions with X at or before their failure
+number ``a_new`` of ``n_new`` on the new version and ``a_old`` of ``n_old`` on the old one; the
+sessions the change added, ``a_new - n_new * a_old / n_old``, must be at least ``min_support`` of
+the cell's affected sessions (none when one version has no session in the situation). Its
+consequences (step 4) go with it. This is the rule step 4 applies between cells, with the version
+comparison that makes "the change caused it" more than "it came after the situation": a gap the
+old version had in the same situation just as often (every request for a human refused on both
+versions) adds nothing, however many of its sessions ran on the new version. Nothing is tested:
+the cell passed its own test (Fisher + BH) and the situation its own (exact, in the one BH
+family); the situation diagnosis keeps the numbers of that test and lists the cells in
+``details["attributed_cells"]`` (and names them in its summary), so no p-value, q-value or
+impact is computed from a selection made after looking at the data.
 
 The output is deterministic for the same input (sorted everywhere, no sampling), and a
 diagnosis' ``id`` depends only on the intent, its primary signal, the failure mode and the
@@ -161,6 +184,33 @@ def _preceded(x: CellStat, y: CellStat, first: Mapping[tuple[str, str], float]) 
     return hit / len(x.thread_ids)
 
 
+def _situation_excess(cell: CellStat, trigger: str, old_sha: str, new_sha: str,
+                      intent_threads: Sequence[Thread], first: Mapping[tuple[str, str], float],
+                      version_of: Mapping[str, str]) -> float:
+    """Share of ``cell``'s affected sessions that a situation regression (``trigger``, prompt
+    ``old_sha`` -> ``new_sha``) accounts for: within the cell's intent, the sessions in which
+    ``trigger`` fired at or before the cell's signal on ``new_sha``, beyond what ``old_sha``'s
+    rate among the intent's sessions in the situation predicts (0 when the intent has no session
+    in the situation on one of the two versions: nothing to compare with)."""
+    if not cell.thread_ids or trigger == cell.signal:
+        return 0.0
+    affected = set(cell.thread_ids)
+    n = {old_sha: 0, new_sha: 0}  # the intent's sessions in the situation, per version
+    a = {old_sha: 0, new_sha: 0}  # ... and of them, failed at or after the trigger
+    for t in intent_threads:
+        v = version_of.get(t.thread_id)
+        at_x = first.get((t.thread_id, trigger))
+        if v not in n or at_x is None:
+            continue
+        n[v] += 1
+        if t.thread_id in affected and at_x <= first.get((t.thread_id, cell.signal), math.inf):
+            a[v] += 1
+    if n[old_sha] == 0 or n[new_sha] == 0:
+        return 0.0
+    excess = a[new_sha] - n[new_sha] * a[old_sha] / n[old_sha]
+    return max(0.0, excess) / len(cell.thread_ids)
+
+
 def _root_key(d: Diagnosis) -> tuple[str, ...]:
     """What a diagnosis' fix changes: two diagnoses with one key are one root cause in two places
     (the same tool answering ungrounded in three intents, one prompt change regressing two)."""
@@ -217,6 +267,11 @@ def diagnose(
        signal of the same intent at or before their own failure -- and not the other way round --
        is a consequence of it (users who get refused then get frustrated and leave): it joins
        that cell's diagnosis instead of getting its own. One intent, one diagnosis per cause.
+       A ``coverage_gap`` / ``unexplained`` cause that no other cause explains joins a regressed
+       situation instead, with its consequences, when the change added at least ``min_support``
+       of its affected sessions in that situation (see "Cells a situation regression explains"
+       in the module docstring): listed in ``details["attributed_cells"]`` of the situation's
+       diagnosis, which keeps its tested numbers.
     5. Ranking: explained before unexplained, a root cause's first diagnosis before its repeats
        in other intents (:func:`_root_key`), then impact. A regression's impact counts only the
        sessions the change added (``excess_sessions``: affected on the new version beyond the
@@ -327,12 +382,46 @@ def diagnose(
             seen.add(key)
         return key
 
+    # 4b. A root cause a regressed situation accounts for joins that regression, with its
+    # consequences (an attribution of cells already significant, not a test: module docstring).
+    attributed: dict[str, list[dict[str, Any]]] = {}
+    gone: set[_Key] = set()
+    if situations:
+        version_of = {tid: pv.sha256 for tid, pv in shared["main_prompt"].items() if pv is not None}
+        for key, (cell, h) in causes.items():
+            if root(key) != key or h.failure_mode not in ("coverage_gap", "unexplained"):
+                continue
+            pick: tuple[float, str, str] | None = None  # (excess share, trigger, its failure kind)
+            for trigger, sit_group in situations.items():
+                for test, sh in sit_group:
+                    share = _situation_excess(cell, trigger, str(sh.details["old_sha256"]),
+                                              str(sh.details["new_sha256"]),
+                                              members.get(cell.intent_id, []), first, version_of)
+                    if share >= cfg.min_support and (pick is None or (-share, trigger) < (-pick[0], pick[1])):
+                        pick = (share, trigger, str(test["signal"]))
+            if pick is None:
+                continue
+            intent = intents_by_id.get(cell.intent_id or "")
+            for k in sorted((k for k in causes if root(k) == key), key=lambda k: (k != key, order[k])):
+                c = causes[k][0]
+                attributed.setdefault(pick[1], []).append({
+                    "intent_id": c.intent_id,
+                    "intent_name": intent.name if intent is not None else (c.intent_id or UNASSIGNED),
+                    "signal": c.signal, "instead_of": h.failure_mode,
+                    "sessions_affected": c.sessions_affected, "q_value": c.q_value,
+                    **({"excess_share": round(pick[0], 4), "situation_signal": pick[2]} if k == key
+                       else {"follows": cell.signal,
+                             "preceded_share": round(_preceded(c, cell, first), 4)})})
+                gone.add(k)
+
     groups: dict[tuple[str | None, str], list[tuple[CellStat, Hypothesis]]] = {}
     # The primary cell of a group (its signal is what a fix is measured on): a cell whose own
     # signal names the group's mode (the context_loss cell of a context_loss diagnosis, not the
     # stall signal that fires at the same turn), then roots, then rank.
     for key in sorted(causes, key=lambda k: (_OWN_MODE.get(k[1]) != causes[root(k)][1].failure_mode,
                                              root(k) != k, order[k])):
+        if key in gone:
+            continue
         r = root(key)
         cell, h = causes[key]
         if r != key:
@@ -353,7 +442,8 @@ def diagnose(
     for trigger, sit_group in sorted(situations.items()):
         sit_group.sort(key=lambda th: (-th[0]["excess_sessions"] * cfg.severity_of(th[0]["signal"]),
                                        th[0]["signal"]))
-        out.append(_build_situation(trigger, sit_group, len(threads), signals_by_thread, cfg))
+        out.append(_build_situation(trigger, sit_group, len(threads), signals_by_thread, cfg,
+                                    attributed=attributed.get(trigger, [])))
     out = _rank(out)
     if llm is not None:
         by_id = {t.thread_id: t for t in threads}
@@ -467,9 +557,15 @@ def _build_situation(
     total: int,
     signals_by_thread: Mapping[str, list[Signal]],
     cfg: DiagnoseConfig,
+    *,
+    attributed: Sequence[Mapping[str, Any]] = (),
 ) -> Diagnosis:
     """One diagnosis for the failures that became more frequent after ``trigger`` with a prompt
     change (the :func:`~loop_middleware.diagnose._hypotheses.situation_tests` that passed BH).
+
+    ``attributed``: the significant cells this regression explains (step 4 of :func:`diagnose`),
+    listed in ``details["attributed_cells"]`` and named in the summary; they change none of the
+    numbers, which stay those of the situation tests.
 
     A situation spans intents, so the diagnosis has ``intent_id=None`` and is named after the
     situation; ``details["situation"]`` is the trigger and ``details["by_intent"]`` the counts
@@ -507,6 +603,12 @@ def _build_situation(
                f"({_pct(a / total)} of sessions), about {excess:.0f} of them added by the change; "
                f"{'/'.join(sorted(kinds))} after {trigger} {_pct(rate_in)} vs {_pct(rate_out)} in "
                f"sessions without {trigger}")
+    roots = [c for c in attributed if "follows" not in c]
+    if roots:
+        summary += "; it also explains " + ", ".join(
+            f"'{c['intent_name']}' intent {_SIGNAL_PHRASES.get(c['signal'], 'shows ' + c['signal'])} "
+            f"({c['sessions_affected']} sessions, about {_pct(c['excess_share'])} of them added after "
+            f"{trigger} by the change)" for c in roots)
     details: dict[str, Any] = dict(primary.details)
     details["signals"] = sorted(kinds)
     details["affected_thread_ids"] = affected[:100]
@@ -519,6 +621,8 @@ def _build_situation(
     ]
     if len(group) > 1:
         details["by_signal"] = {t["signal"]: {"clause": h.clause, **h.details} for t, h in group[1:]}
+    if attributed:
+        details["attributed_cells"] = [dict(c) for c in attributed]
     prompt = primary.prompt
     assert prompt is not None  # a situation regression always names the new version
     return Diagnosis(

@@ -5,7 +5,9 @@ every intent whose users reach that situation, a few sessions each: no intent x 
 the numbers, the situation pooled over intents does. The tests plant such a regression with small
 counts (found), the same traffic with no change between versions (nothing reported), and a
 change of intent mix between versions that a pooled, unstratified test would take for a jump
-(nothing reported). Expected p-values come from brute-force enumeration in the test, not from the
+(nothing reported); and a significant cell whose failures the regressed situation added is
+attributed to that regression, while a cell that failed as often in the situation before the
+change keeps its own diagnosis. Expected p-values come from brute-force enumeration in the test, not from the
 code under test.
 """
 
@@ -24,6 +26,7 @@ from loop_middleware.diagnose._stats import stratified_exact_test
 from loop_middleware.types import Signal, Thread
 
 from .test_diagnose import (
+    CANCEL_ASKS,
     INTENTS,
     PASSWORD_ASKS,
     REFUND_ASKS,
@@ -208,3 +211,86 @@ def test_a_change_of_intent_mix_in_a_situation_is_no_regression() -> None:
     assert all(d.failure_mode != "regression" for d in ds)
     # The refund intent's frustration still stands out against the other intent.
     assert any(d.intent_id == "int-refund" for d in ds)
+
+
+# --- cells a regressed situation explains -------------------------------------------------------------
+
+
+def handoff_refused_traffic(other_refusals_v1: int, refused_on_v1: int
+                           ) -> tuple[list[Thread], list[Signal], dict[str, str | None]]:
+    """:func:`escalation_traffic` (the v2 regression "after escalation, frustration" in four
+    intents) plus a cancel intent, 10 threads per version. On v1 the first
+    ``other_refusals_v1`` cancel users are refused for another reason (no escalation) and the
+    next three ask for a human on turn 1: the first ``refused_on_v1`` of them are
+    refused at once (the refusal is how the agent answers the request, same turn) and get angry,
+    the others are handed over. On v2 the first six ask for a human, are refused and get angry."""
+    threads, signals, assignments = escalation_traffic(frustrated_v1=0, frustrated_v2=3)
+    for v, pv in enumerate((SUPPORT_V1, SUPPORT_V2)):
+        for i in range(10):
+            tid = f"cancel-v{v + 1}-{i:02d}"
+            at = T0 + timedelta(days=7 * v, hours=50 + i)
+            j = i - other_refusals_v1 if v == 0 else i  # index among the escalating users
+            if 0 <= j < (3 if v == 0 else 6):
+                refused = v == 1 or j < refused_on_v1
+                th = thread(tid, T(ask(CANCEL_ASKS, i), "Let me look into that for you."),
+                            T("Can I talk to a person please?", REFUSED if refused else HANDED_OFF),
+                            T(ANGRY if refused else "Thanks!", "I understand."), prompt=pv, at=at)
+                signals.append(sig(th, "escalation", 1))
+                if refused:
+                    signals += [sig(th, "refusal", 1), sig(th, "frustration", 2)]
+            elif v == 0 and i < other_refusals_v1:
+                th = thread(tid, T(ask(CANCEL_ASKS, i), "I'm sorry, I can't help with that."),
+                            T("ok", "Bye."), prompt=pv, at=at)
+                signals.append(sig(th, "refusal", 0))
+            else:
+                th = thread(tid, T(ask(CANCEL_ASKS, i), "Happy to help! Here is what to do next."),
+                            T("Great, thanks!", "You're welcome."), prompt=pv, at=at)
+            threads.append(th)
+            assignments[tid] = INTENTS["cancel"].id
+    return threads, signals, assignments
+
+
+def test_a_cell_the_situation_regression_added_joins_it() -> None:
+    # Cancel: v1 refuses 4 users for other reasons and hands over all 3 who ask for a human; v2
+    # refuses the 6 who ask for a human.
+    threads, signals, assignments = handoff_refused_traffic(other_refusals_v1=4, refused_on_v1=0)
+    intents = list(INTENTS.values())
+    # Without situations the cancel intent's refusals are a diagnosis of their own: significant
+    # against the other intents, but 4 of 10 -> 6 of 10 across versions is no jump for the cell.
+    assert fisher_exact([[6, 4], [4, 6]], alternative="greater")[1] > 0.1
+    off = diagnose(threads, signals, intents, assignments,
+                   config=DiagnoseConfig(regression_situations=False))
+    own = [d for d in off if d.intent_id == "int-cancel" and d.signal == "refusal"]
+    assert len(own) == 1 and own[0].failure_mode in ("coverage_gap", "unexplained")
+    mode = own[0].failure_mode
+
+    ds = diagnose(threads, signals, intents, assignments)
+    assert not any(d.intent_id == "int-cancel" and d.signal == "refusal" for d in ds)
+    (sit,) = [d for d in ds if d.details.get("situation") == "escalation"]
+    attributed = sit.details["attributed_cells"]
+    assert attributed[0]["intent_id"] == "int-cancel" and attributed[0]["signal"] == "refusal"
+    assert attributed[0]["instead_of"] == mode and attributed[0]["sessions_affected"] == 10
+    # Cancel sessions that asked for a human: refused 0 of 3 on v1, 6 of 6 on v2, so the change
+    # added 6 - 6 x 0/3 = 6 of the cell's 10 refused sessions (>= min_support 0.5).
+    assert attributed[0]["excess_share"] == pytest.approx(0.6)
+    # Cells that followed it (the cancel users' frustration) go with it.
+    assert all(c["intent_id"] == "int-cancel" and c["follows"] == "refusal" for c in attributed[1:])
+    assert "'cancel subscription' intent gets refusals (10 sessions" in sit.summary
+    # The attribution changes none of the situation's tested numbers: after an escalation, 0 of
+    # 12 + 3 sessions frustrated on v1, 12 + 6 of 12 + 6 on v2.
+    det = sit.details
+    assert (det["old_affected"], det["old_sessions"], det["new_affected"], det["new_sessions"]) == (0, 15, 18, 18)
+    assert sit.sessions_affected == 18
+
+
+def test_a_gap_that_predates_the_change_keeps_its_own_diagnosis() -> None:
+    # Cancel: every request for a human is refused on both versions (3 on v1, 6 on v2). Most of
+    # the cell's sessions (6 of 9) are on v2 after an escalation, but v1 refused them just as
+    # often: the change added none of them, so they are not the regression's.
+    threads, signals, assignments = handoff_refused_traffic(other_refusals_v1=0, refused_on_v1=3)
+    ds = diagnose(threads, signals, list(INTENTS.values()), assignments)
+    (sit,) = [d for d in ds if d.details.get("situation") == "escalation"]
+    assert "attributed_cells" not in sit.details
+    own = [d for d in ds if d.intent_id == "int-cancel" and d.signal == "refusal"]
+    assert len(own) == 1 and own[0].failure_mode in ("coverage_gap", "unexplained")
+    assert own[0].sessions_affected == 9
