@@ -7,8 +7,12 @@ and are replayed, in order, once the store is back; rows are idempotent upserts,
 twice never duplicates anything. When the queue is full the host's own thread spools the
 record (bounded time, never dropped).
 
-Loss bound: a process killed with SIGKILL loses what was queued but not yet written or spooled,
-at most ``flush_interval`` seconds of events (default 0.25 s).
+Loss bound: a process killed with SIGKILL loses what was queued but not yet written or spooled:
+always the newest events (rows are written in order), normally the last ``flush_interval``
+(default 0.25 s). When the host produces faster than the writer thread converts and writes (a
+CPU-bound host on a loaded machine; very long threads, whose LLM calls carry the whole history),
+the writer falls behind and that backlog is what is at risk; it is bounded by the queue
+(``max_queue`` records), past which the host spools to disk itself.
 """
 
 from __future__ import annotations
