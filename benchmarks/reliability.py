@@ -6,7 +6,8 @@ Runs, on this machine, with real parts:
   peak), rows written, slowest host hand-over;
 - faults: a real PostgreSQL server stopped mid-run and started again (every turn must land
   exactly once), a SQLite database locked by another connection, an unreachable database, and a
-  host process killed with SIGKILL (turns lost vs. turns finished in the last batch interval);
+  host process killed with SIGKILL (turns lost, whether they are the newest, and how long before
+  the kill the oldest lost turn finished: the writer's backlog);
 - bad inputs: randomly corrupted OTLP/JSON exports fed to the ingest (no crash allowed: each is
   ingested, or skipped with a named record, or refused whole with an IngestError);
 - redaction: precision/recall on the labelled corpus in tests/privacy.
@@ -176,8 +177,13 @@ def sigkill(tmp: Path) -> dict[str, Any]:
     stored = {t.user_text for t in Store(url).get_thread("k").turns}  # type: ignore[union-attr]
     lost = [n for n, _ in done if f"turn {n}" not in stored]
     last = {n for n, ts in done if killed - ts <= 0.25}
+    finished = [n for n, _ in done]
     return {"turns_finished": len(done), "turns_lost": len(lost),
             "turns_finished_in_last_250ms": len(last),
+            # The loss bound that holds: the newest unwritten turns (the writer's backlog).
+            "lost_are_the_newest": lost == finished[len(finished) - len(lost):],
+            "oldest_lost_finished_s_before_kill": round(max(
+                (killed - ts for n, ts in done if n in set(lost)), default=0.0), 3),
             "lost_all_within_last_batch_interval_plus_350ms": set(lost) <= {
                 n for n, ts in done if killed - ts <= 0.6}}
 
