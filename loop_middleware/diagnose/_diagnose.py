@@ -89,10 +89,11 @@ from scipy.stats import fisher_exact
 from statsmodels.stats.multitest import multipletests
 
 from ..errors import ConfigError
-from ..types import Diagnosis, Evidence, Intent, PromptVersion, Signal, Thread
+from ..types import Diagnosis, Intent, PromptVersion, Signal, Thread
 from ._hypotheses import (
     CellContext,
     Hypothesis,
+    _collect_evidence,
     explain,
     regression,
     regression_test,
@@ -119,19 +120,6 @@ _SIGNAL_PHRASES: Mapping[str, str] = {
     "latency_outlier": "is slow",
     "negative_feedback": "gets negative feedback",
 }
-
-
-def _interleave_evidence(pools: list[list[Evidence]], limit: int) -> list[Evidence]:
-    """The hypotheses' evidence taken in turns (first quote of each, then the second...), so each
-    merged cell is shown; repeated ``(thread, quote)`` pairs once, at most ``limit``."""
-    evidence: list[Evidence] = []
-    seen: set[tuple[str, str]] = set()
-    for i in range(max((len(pl) for pl in pools), default=0)):
-        for pl in pools:
-            if i < len(pl) and (pl[i].thread_id, pl[i].quote) not in seen and len(evidence) < limit:
-                seen.add((pl[i].thread_id, pl[i].quote))
-                evidence.append(pl[i])
-    return evidence
 
 
 def diagnosis_id(intent_id: str | None, signal: str, failure_mode: str, prompt_sha256: str | None,
@@ -513,7 +501,7 @@ def _build(
         excess = max(float(h.details["excess_sessions"]) for _, h in group)
 
     prompt: PromptVersion | None = next((h.prompt for _, h in group if h.prompt is not None), None)
-    evidence = _interleave_evidence([list(h.evidence) for _, h in group], cfg.max_evidence)
+    evidence = _collect_evidence(*(h.evidence for _, h in group), limit=cfg.max_evidence)
 
     what = " and ".join(_SIGNAL_PHRASES.get(k, f"shows {k}") for k in
                         [primary_cell.signal, *[k for k in kinds if k != primary_cell.signal]])
@@ -595,7 +583,7 @@ def _build_situation(
     p = max(float(t["p_adjusted"]) for t, _ in group)
     excess = max(float(t["excess_sessions"]) for t, _ in group)
     impact = max(float(t["excess_sessions"]) * cfg.severity_of(t["signal"]) for t, _ in group)
-    evidence = _interleave_evidence([list(h.evidence) for _, h in group], cfg.max_evidence)
+    evidence = _collect_evidence(*(h.evidence for _, h in group), limit=cfg.max_evidence)
     name = f"after {trigger} (all intents)"
     what = " and ".join(_SIGNAL_PHRASES.get(k, f"shows {k}") for k in kinds)
     summary = (f"'{name}' situation {what} because {primary.clause}: {a} sessions "
