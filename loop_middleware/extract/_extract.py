@@ -146,17 +146,8 @@ def _embed(embedder: Embedder, texts: Sequence[str], progress: Progress | None, 
 
 def _threads_since(store: Store, since: datetime | None, strictly_after: bool) -> list[tuple[str, datetime | None]]:
     """``(thread_id, updated_at)`` of the threads updated at (or strictly after) ``since``,
-    oldest first, read from the thread table alone."""
-    from sqlalchemy import select
-
-    from ..store._tables import ThreadRow
-
-    c = ThreadRow.__table__.c  # type: ignore[attr-defined]
-    q = select(c.thread_id, c.updated_at).order_by(c.created_at, c.thread_id)
-    if since is not None:
-        q = q.where(c.updated_at >= since)
-    with store.engine.connect() as conn:
-        rows = [(r[0], r[1]) for r in conn.execute(q)]
+    oldest first."""
+    rows = store.thread_index(since=since)
     if strictly_after and since is not None:
         # Strictly after the watermark: the newest thread of the last run is not redone.
         rows = [(t, u) for t, u in rows if u is None or _utc(u) > _utc(since)]

@@ -304,13 +304,16 @@ class Store:
 
     def thread_ids(self, *, since: datetime | None = None) -> list[str]:
         """Thread ids, oldest first; ``since`` keeps threads updated at or after that time."""
-        q = select(ThreadRow.__table__.c.thread_id).order_by(  # type: ignore[attr-defined]
-            ThreadRow.__table__.c.created_at, ThreadRow.__table__.c.thread_id  # type: ignore[attr-defined]
-        )
+        return [tid for tid, _ in self.thread_index(since=since)]
+
+    def thread_index(self, *, since: datetime | None = None) -> list[tuple[str, datetime | None]]:
+        """``(thread_id, updated_at)`` as :meth:`thread_ids`, read from the thread table alone."""
+        c = ThreadRow.__table__.c  # type: ignore[attr-defined]
+        q = select(c.thread_id, c.updated_at).order_by(c.created_at, c.thread_id)
         if since is not None:
-            q = q.where(ThreadRow.__table__.c.updated_at >= since)  # type: ignore[attr-defined]
-        with self.session() as s:
-            return [r[0] for r in s.execute(q).all()]
+            q = q.where(c.updated_at >= since)
+        with self.engine.connect() as conn:
+            return [(r[0], r[1]) for r in conn.execute(q)]
 
     def get_thread(self, thread_id: str) -> Thread | None:
         """One thread with its turns, or None."""
