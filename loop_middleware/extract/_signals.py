@@ -59,20 +59,6 @@ __all__ = [
 ]
 
 Detector = Callable[[Thread, "DetectionContext"], list[Signal]]
-
-
-def context_budget_for(model: str | None, budgets: Mapping[str, int], default: int) -> int:
-    """The input-token budget of ``model``: the longest matching model-name prefix in ``budgets``
-    (provider prefixes like ``openai:`` or ``org/`` are ignored), else ``default``."""
-    if not model:
-        return default
-    name = model.lower().rsplit(":", 1)[-1].rsplit("/", 1)[-1]
-    best, best_len = default, -1
-    for prefix, budget in budgets.items():
-        p = prefix.lower()
-        if name.startswith(p) and len(p) > best_len:
-            best, best_len = budget, len(p)
-    return best
 """A detector: a plain function from a thread and the run's settings to the signals it found."""
 
 DEFAULT_CONTEXT_BUDGETS: Mapping[str, int] = {
@@ -102,6 +88,21 @@ DEFAULT_CONTEXT_BUDGETS: Mapping[str, int] = {
     "llama-3.1": 128_000,
     "qwen": 32_768,
 }
+
+
+def context_budget_for(model: str | None, budgets: Mapping[str, int], default: int) -> int:
+    """The input-token budget of ``model``: the longest matching model-name prefix in ``budgets``
+    (provider prefixes like ``openai:`` or ``org/`` are ignored), else ``default``."""
+    if not model:
+        return default
+    name = model.lower().rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+    best, best_len = default, -1
+    for prefix, budget in budgets.items():
+        p = prefix.lower()
+        if name.startswith(p) and len(p) > best_len:
+            best, best_len = budget, len(p)
+    return best
+
 
 _DEFAULT_RETRIEVAL_TOOLS = (
     r"search|retriev|lookup|look_up|find|query|fetch|get_|kb|knowledge|docs?\b|faq|rag|vector"
