@@ -178,13 +178,14 @@ def sigkill(tmp: Path) -> dict[str, Any]:
     lost = [n for n, _ in done if f"turn {n}" not in stored]
     last = {n for n, ts in done if killed - ts <= 0.25}
     finished = [n for n, _ in done]
+    lost_set = set(lost)
     return {"turns_finished": len(done), "turns_lost": len(lost),
             "turns_finished_in_last_250ms": len(last),
             # The loss bound that holds: the newest unwritten turns (the writer's backlog).
             "lost_are_the_newest": lost == finished[len(finished) - len(lost):],
             "oldest_lost_finished_s_before_kill": round(max(
-                (killed - ts for n, ts in done if n in set(lost)), default=0.0), 3),
-            "lost_all_within_last_batch_interval_plus_350ms": set(lost) <= {
+                (killed - ts for n, ts in done if n in lost_set), default=0.0), 3),
+            "lost_all_within_last_batch_interval_plus_350ms": lost_set <= {
                 n for n, ts in done if killed - ts <= 0.6}}
 
 

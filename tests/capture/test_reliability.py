@@ -113,7 +113,8 @@ def test_sigkill_loses_only_the_newest_unwritten_turns(tmp_path: Path) -> None:
     # The writer kept writing while the host ran: most turns are stored, and every lost turn
     # finished in the last few seconds (a writer that stalled would lose far older turns).
     assert len(stored) >= len(finished) // 2, (len(stored), len(finished))
-    stale = [n for n, ts in done if n in set(lost) and killed_at - ts > 3.0]
+    lost_set = set(lost)
+    stale = [n for n, ts in done if n in lost_set and killed_at - ts > 3.0]
     assert not stale, stale
 
 
