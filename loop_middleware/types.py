@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "SELF_REPORT_TOOL",
     "Diagnosis",
     "Evidence",
     "Feedback",
@@ -35,6 +36,10 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant", "tool", "other"]
+
+SELF_REPORT_TOOL = "report_problem"
+"""The tool :class:`~loop_middleware.LoopMiddleware` gives the agent with ``report_problems=True``:
+each call is the agent reporting its own failure (extracted as a ``self_report`` signal)."""
 
 
 class _Model(BaseModel):
@@ -61,6 +66,15 @@ class PromptVersion(_Model):
     def short(self) -> str:
         """The first 12 hex digits of the hash, for tables and span attributes."""
         return self.sha256[:12]
+
+    def as_template(self, *messages: Any, template_format: str = "f-string",
+                    history: str | None = "messages") -> Any:
+        """This prompt as a LangChain ``ChatPromptTemplate`` that carries its version in its
+        metadata, so capture records the version of every call it renders without matching
+        text (see :func:`loop_middleware.prompts.prompt_template` for the arguments)."""
+        from .prompts import prompt_template
+
+        return prompt_template(self, *messages, template_format=template_format, history=history)
 
 
 class Message(_Model):

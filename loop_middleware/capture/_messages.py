@@ -167,3 +167,83 @@ def user_messages_from_inputs(inputs: Any) -> list[dict[str, Any]]:
     if isinstance(inputs, (list, tuple)):
         return user_messages_from_inputs({"messages": inputs})
     return []
+
+
+# --- what a run produced ---------------------------------------------------------------------
+
+
+def _assistant(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": text, "name": None, "tool_calls": [],
+            "tool_call_id": None, "id": None}
+
+
+def output_messages(outputs: Any) -> list[dict[str, Any]]:
+    """The messages a turn's top-level run produced: its reply.
+
+    A LangGraph state's ``messages`` holds the whole conversation with a checkpointer, so only
+    the trailing messages after the last user message are the reply; a chain's ``output``/
+    ``answer``/... string, a bare string, or messages are taken as they are.
+    """
+    if outputs is None:
+        return []
+    if isinstance(outputs, Mapping) and "messages" in outputs:
+        msgs = messages_list(outputs["messages"])
+        for i in range(len(msgs) - 1, -1, -1):
+            if msgs[i]["role"] == "user":
+                return msgs[i + 1 :]
+        return msgs[-1:]
+    if isinstance(outputs, Mapping):
+        for key in ("output", "answer", "text", "result", "response"):
+            value = outputs.get(key)
+            if isinstance(value, str):
+                return [_assistant(clean_text(value))]
+            if isinstance(value, BaseMessage):
+                return [message_dict(value)]
+        return []
+    if isinstance(outputs, str):
+        return [_assistant(clean_text(outputs))]
+    try:
+        return [m for m in messages_list(outputs) if m["role"] != "other"]
+    except Exception:  # noqa: BLE001 - an odd output never loses the turn
+        return []
+
+
+def llm_output(out: Any) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """(messages, first generation_info, llm_output) of a chat model's result."""
+    messages: list[Any] = []
+    gen_info: dict[str, Any] = {}
+    llm_out: dict[str, Any] = {}
+    generations = getattr(out, "generations", None)
+    if generations is not None:  # LLMResult
+        llm_out = getattr(out, "llm_output", None) or {}
+        for batch in generations:
+            for g in batch:
+                msg = getattr(g, "message", None)
+                messages.append(msg if msg is not None else {"role": "assistant", "content": g.text})
+                gen_info = gen_info or (g.generation_info or {})
+    elif isinstance(out, list):
+        messages = out
+    elif out is not None:
+        messages = [out]
+    return messages, gen_info, llm_out
+
+
+def tool_call_ids(out: Any) -> list[str]:
+    """The ids of the tool calls a chat model's result asks for, in the message's order."""
+    ids: list[str] = []
+    for m in llm_output(out)[0]:
+        for c in getattr(m, "tool_calls", None) or (m.get("tool_calls") if isinstance(m, Mapping) else None) or []:
+            cid = c.get("id") if isinstance(c, Mapping) else None
+            if isinstance(cid, str) and cid:
+                ids.append(cid)
+    return ids
+
+
+def user_text_inputs(inputs: Any) -> list[dict[str, Any]]:
+    """The user's message(s) in a top-level input, with a last resort for custom input keys:
+    a mapping holding exactly one string value is that string."""
+    found = user_messages_from_inputs(inputs)
+    if found or not isinstance(inputs, Mapping) or "messages" in inputs:
+        return found
+    strings = [v for v in inputs.values() if isinstance(v, str)]
+    return [message_dict(strings[0])] if len(strings) == 1 else []

@@ -105,11 +105,11 @@ class SpanEmitter:
             LOOP_TURN_ID: turn.turn_id,
         }
         if self.capture_content:
-            attrs[OI_INPUT_VALUE] = "\n".join(m["content"] for m in turn.user_messages)
+            attrs[OI_INPUT_VALUE] = "\n".join(m["content"] for m in turn.user_messages or [])
             if turn.output_text is not None:
                 attrs[OI_OUTPUT_VALUE] = turn.output_text
         else:
-            attrs[LOOP_INPUT_CHARS] = _chars(turn.user_messages)
+            attrs[LOOP_INPUT_CHARS] = _chars(turn.user_messages or [])
         parent = turn.otel_context if isinstance(turn.otel_context, Context) else None
         span = self._tracer.start_span(
             f"invoke_agent {self.agent_name}", context=parent, kind=SpanKind.INTERNAL,

@@ -1,9 +1,10 @@
 """The capture core shared by the callback handler and the agent middleware.
 
-The host-side methods (``start_*`` / ``end_*``) only take timestamps and keep references to the
-host's objects; every conversion (messages to dicts, prompt hashing, span attributes) runs later
-on the writer thread. State is keyed by run/turn ids, never by "current" globals, so parallel
-threads in one process cannot mix.
+The host-side methods (``start_*`` / ``end_*`` / ``interrupt_turn`` / ``resume_turn``) only take
+timestamps and keep references to the host's objects; every conversion (messages to dicts,
+prompt matching, redaction, span attributes) runs later on the writer thread. State is keyed by
+run/turn ids, never by "current" globals, so parallel invocations in one process cannot mix.
+The turn rule itself is documented in :mod:`._turns`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,17 +27,25 @@ from ..types import PromptVersion
 from ._messages import (
     clean_text,
     jsonable,
+    llm_output,
     message_dict,
     messages_list,
+    output_messages,
     text_of,
-    user_messages_from_inputs,
+    tool_call_ids,
+    user_text_inputs,
 )
 from ._otel import SpanEmitter
+from ._turns import ThreadMemory
 from ._writer import BackgroundWriter, Row
 
 __all__ = ["CallState", "Recorder", "TurnState"]
 
 logger = logging.getLogger("loop_middleware.capture")
+
+_PROVISIONAL_TTL_S = 60.0
+"""How long a turn that failed provisionally (an error escaped, but an outer retry may go on)
+stays continuable in memory before it is forgotten (its row is already written)."""
 
 
 def _utc(ns: int) -> datetime:
@@ -48,8 +58,7 @@ class CallState:
 
     kind: str  # "llm" | "tool"
     call_id: str
-    turn_id: str
-    thread_id: str
+    turn: TurnState
     seq: int
     start_ns: int
     start_perf: float
@@ -64,18 +73,27 @@ class CallState:
     latency_ms: float | None = None
     error: str | None = None
     error_type: str | None = None
-    # filled by finalise()
+    # filled on the writer thread
     input_messages: list[dict[str, Any]] = field(default_factory=list)
     output_messages: list[dict[str, Any]] = field(default_factory=list)
+    versions: list[PromptVersion] = field(default_factory=list)
     input_tokens: int | None = None
     output_tokens: int | None = None
     finish_reason: str | None = None
     result: str | None = None
 
+    @property
+    def turn_id(self) -> str:
+        return self.turn.turn_id
+
+    @property
+    def thread_id(self) -> str:
+        return self.turn.thread_id
+
 
 @dataclass
 class TurnState:
-    """One turn in flight."""
+    """One turn in flight (possibly paused by an interrupt)."""
 
     turn_id: str
     thread_id: str
@@ -92,15 +110,48 @@ class TurnState:
     raw_outputs: Any = None
     error: str | None = None
     error_type: str | None = None
-    user_messages: list[dict[str, Any]] = field(default_factory=list)
+    user_messages: list[dict[str, Any]] | None = None
     output_text: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Active time: the turn's latency counts working segments, not a human's wait on an
+    # interrupt.
+    active_ms: float = 0.0
+    seg_perf: float | None = None
+    last_ns: int = 0
+    last_perf: float = 0.0
+    status: str = "running"  # running | interrupted | failed | ended
+    interrupts: list[Any] = field(default_factory=list)
+    resumes: list[Any] = field(default_factory=list)
+    reserved: dict[str, int] = field(default_factory=dict)
+    """Sequence numbers reserved for announced tool calls (tool_call id -> seq), so parallel
+    tools are stored in the order of the message that asked for them."""
+    explicit: dict[str, PromptVersion] = field(default_factory=dict)
+    """Hash of a rendered system text -> the version of the template that rendered it."""
+    rendered: set[str] = field(default_factory=set)
+    """Hashes of the template texts rendered in this turn (resolve ties between prompts)."""
+    failed_at: float = 0.0
+    outcome: str | None = None
+    running_tools: set[str] = field(default_factory=set)
+    """tool_call ids of tool calls in flight: a tool run seen twice (by the middleware that wraps
+    it and by the callbacks of an enclosing call) is recorded once."""
+    resumed_late: bool = False
+    """The middleware saw this turn resume (it learns of it at the next call)."""
+    """How a turn ended when not with a reply or an error: ``interrupted`` (never resumed) or
+    ``abandoned`` (the client stopped reading the stream)."""
 
     def next_seq(self) -> int:
         with self.lock:
             s = self.seq
             self.seq += 1
             return s
+
+    def touch(self) -> None:
+        self.last_ns, self.last_perf = time.time_ns(), time.perf_counter()
+
+    def working_ms(self, until: float | None = None) -> float:
+        if self.seg_perf is None:
+            return self.active_ms
+        return self.active_ms + ((until or time.perf_counter()) - self.seg_perf) * 1000
 
 
 _META_KEEP = ("langgraph_node", "langgraph_checkpoint_ns", "checkpoint_id", "assistant_id", "graph_id")
@@ -151,10 +202,14 @@ class Recorder:
         self.calls: dict[str, CallState] = {}
         self.errors = 0
         """Errors inside capture, counted and logged, never raised into the host."""
+        self._open_by_thread: dict[str, str] = {}  # thread id -> its interrupted/open turn
+        self._provisional: deque[str] = deque()
+        self._lock = threading.Lock()
         self._seen_prompts: set[str] = set()
         self._redacted: dict[str, str] = {}  # writer thread only
+        self._threads = ThreadMemory()  # writer thread only
 
-    # --- host side ---------------------------------------------------------------------------
+    # --- host side: turns --------------------------------------------------------------------
 
     def start_turn(
         self,
@@ -165,26 +220,113 @@ class Recorder:
         user_id: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> TurnState:
+        """Open a new turn (rule 1 of :mod:`._turns`)."""
+        self._sweep()
+        now = time.perf_counter()
         turn = TurnState(
             turn_id=turn_id, thread_id=thread_id, start_ns=time.time_ns(),
-            start_perf=time.perf_counter(), raw_inputs=inputs, user_id=user_id,
+            start_perf=now, raw_inputs=inputs, user_id=user_id,
             metadata={k: metadata[k] for k in _META_KEEP if metadata and k in metadata},
             otel_context=otel_context.get_current() if self.spans else None,
+            seg_perf=now,
         )
+        turn.last_ns, turn.last_perf = turn.start_ns, now
         self.turns[turn_id] = turn
-        self.writer.submit(lambda: self._turn_rows(turn, final=False))
+        self.writer.submit(self._turn_record(turn, final=False))
         return turn
 
-    def end_turn(self, turn_id: str, outputs: Any = None, error: BaseException | str | None = None) -> None:
-        turn = self.turns.pop(turn_id, None)
+    def open_turn(self, thread_id: str) -> TurnState | None:
+        """The turn of ``thread_id`` left open by an interrupt (or still running), if any."""
+        turn_id = self._open_by_thread.get(thread_id)
+        return self.turns.get(turn_id) if turn_id else None
+
+    def mark_open(self, turn: TurnState) -> None:
+        """Remember ``turn`` as its thread's open turn (the one a resume continues)."""
+        with self._lock:
+            self._open_by_thread[turn.thread_id] = turn.turn_id
+
+    def interrupt_turn(self, turn_id: str, interrupts: list[Any] | tuple[Any, ...] = ()) -> None:
+        """Pause a turn on an interrupt: its row is written as interrupted now (nothing is lost
+        if it is never resumed) and it stays open for the resume (rule 2)."""
+        turn = self.turns.get(turn_id)
         if turn is None:
             return
-        turn.end_ns = time.time_ns()
-        turn.latency_ms = (time.perf_counter() - turn.start_perf) * 1000
-        turn.raw_outputs = outputs
-        if error is not None:
-            turn.error, turn.error_type = _err(error)
-        self.writer.submit(lambda: self._turn_rows(turn, final=True))
+        with turn.lock:
+            for i in interrupts:
+                if not any(i is j for j in turn.interrupts):
+                    turn.interrupts.append(i)
+            if turn.status == "interrupted":
+                return
+            now = time.perf_counter()
+            turn.active_ms = turn.working_ms(now)
+            turn.seg_perf = None
+            turn.status = "interrupted"
+        self.mark_open(turn)
+        self.writer.submit(self._turn_record(turn, final=True, definitive=False))
+
+    def resume_turn(self, turn_id: str, value: Any = None, *, has_value: bool = False) -> TurnState | None:
+        """Continue an interrupted turn (rule 2). A turn found running (the middleware learns
+        of a resume only when the next call arrives) closes its working segment at its last
+        activity, so the human's wait is not counted as latency."""
+        turn = self.turns.get(turn_id)
+        if turn is None:
+            return None
+        with turn.lock:
+            now = time.perf_counter()
+            if turn.status != "interrupted" and turn.seg_perf is not None:
+                turn.active_ms = turn.working_ms(max(turn.last_perf, turn.seg_perf))
+            turn.seg_perf = now
+            turn.status = "running"
+            turn.error = turn.error_type = None
+            if has_value:
+                turn.resumes.append(value)
+        return turn
+
+    def end_turn(
+        self, turn_id: str, outputs: Any = None, error: BaseException | str | None = None,
+        *, provisional: bool = False, at_last_activity: bool = False, outcome: str | None = None,
+    ) -> None:
+        """End a turn with its outputs or error (rule 4).
+
+        ``provisional``: an error escaped the agent, but an outer retry may still continue the
+        turn; the row is written now and the turn stays continuable for a while.
+        ``at_last_activity``: the turn was abandoned; it ended when it last did something.
+        """
+        turn = self.turns.get(turn_id) if provisional else self.turns.pop(turn_id, None)
+        if turn is None:
+            return
+        with self._lock:
+            if self._open_by_thread.get(turn.thread_id) == turn_id and not provisional:
+                del self._open_by_thread[turn.thread_id]
+        with turn.lock:
+            until = max(turn.last_perf, turn.seg_perf or 0.0) if at_last_activity else None
+            turn.end_ns = turn.last_ns if at_last_activity else time.time_ns()
+            turn.latency_ms = turn.working_ms(until)
+            if outputs is not None or not provisional:
+                turn.raw_outputs = outputs
+            if error is not None:
+                turn.error, turn.error_type = _err(error)
+            turn.outcome = outcome or turn.outcome
+            turn.status = "failed" if provisional else "ended"
+            if provisional:
+                turn.failed_at = time.monotonic()
+        if provisional:
+            self._provisional.append(turn_id)
+        self.writer.submit(self._turn_record(turn, final=True, definitive=not provisional))
+
+    def _sweep(self) -> None:
+        """Forget provisionally failed turns nobody continued (their rows are written)."""
+        limit = time.monotonic() - _PROVISIONAL_TTL_S
+        while self._provisional:
+            tid = self._provisional[0]
+            turn = self.turns.get(tid)
+            if turn is not None and turn.status == "failed" and turn.failed_at > limit:
+                break
+            self._provisional.popleft()
+            if turn is not None and turn.status == "failed":
+                self.turns.pop(tid, None)
+
+    # --- host side: calls --------------------------------------------------------------------
 
     def start_call(
         self,
@@ -199,19 +341,32 @@ class Recorder:
         arguments: Any = None,
         tool_call_id: str | None = None,
     ) -> CallState | None:
+        """Record the start of an LLM or tool call; a repeated start of the same call (a handler
+        attached twice) is ignored."""
         turn = self.turns.get(turn_id)
-        if turn is None:
+        if turn is None or call_id in self.calls:
             return None
+        if turn.status == "failed":  # an outer retry continues a provisionally failed turn
+            self.resume_turn(turn_id)
+        with turn.lock:
+            if kind == "tool" and tool_call_id:
+                if tool_call_id in turn.running_tools:
+                    return None
+                turn.running_tools.add(tool_call_id)
+            seq = turn.reserved.pop(tool_call_id, None) if tool_call_id else None
+            if seq is None:
+                seq = turn.seq
+                turn.seq += 1
         call = CallState(
-            kind=kind, call_id=call_id, turn_id=turn_id, thread_id=turn.thread_id,
-            seq=turn.next_seq(), start_ns=time.time_ns(), start_perf=time.perf_counter(),
-            name=name, model=model, provider=provider, raw_input=raw_input,
-            arguments=arguments, tool_call_id=tool_call_id,
+            kind=kind, call_id=call_id, turn=turn, seq=seq, start_ns=time.time_ns(),
+            start_perf=time.perf_counter(), name=name, model=model, provider=provider,
+            raw_input=raw_input, arguments=arguments, tool_call_id=tool_call_id,
         )
         self.calls[call_id] = call
         return call
 
     def end_call(self, call_id: str, output: Any = None, error: BaseException | str | None = None) -> None:
+        """Record the end of a call (once)."""
         call = self.calls.pop(call_id, None)
         if call is None:
             return
@@ -220,11 +375,45 @@ class Recorder:
         call.raw_output = output
         if error is not None:
             call.error, call.error_type = _err(error)
-        turn = self.turns.get(call.turn_id)
-        if turn is not None:
-            with turn.lock:
-                turn.calls.append(call)
+        turn = call.turn
+        with turn.lock:
+            turn.calls.append(call)
+            if call.tool_call_id:
+                turn.running_tools.discard(call.tool_call_id)
+            if call.kind == "llm" and output is not None:
+                # Tools run in parallel start in any order: their places are the message's.
+                for tcid in tool_call_ids(output):
+                    if tcid not in turn.reserved:
+                        turn.reserved[tcid] = turn.seq
+                        turn.seq += 1
+        turn.touch()
         self.writer.submit(lambda: self._call_rows(call))
+
+    def in_flight(self, turn: TurnState) -> bool:
+        """True while one of ``turn``'s calls is running."""
+        return any(c.turn is turn for c in list(self.calls.values()))
+
+    def discard_call(self, call_id: str) -> None:
+        """Forget a call that did not happen as a call (a tool paused by ``interrupt()``: it
+        runs again from the start on resume)."""
+        call = self.calls.pop(call_id, None)
+        if call is not None and call.tool_call_id:
+            with call.turn.lock:
+                call.turn.running_tools.discard(call.tool_call_id)
+
+    def note_prompt(self, turn_id: str, rendered_text: str, version: PromptVersion | None,
+                    template_sha: str | None) -> None:
+        """A prompt template rendered ``rendered_text`` in this turn (explicitly ``version``)."""
+        from ..prompts import sha256_text
+
+        turn = self.turns.get(turn_id)
+        if turn is None:
+            return
+        with turn.lock:
+            if version is not None:
+                turn.explicit[sha256_text(rendered_text)] = version
+            if template_sha:
+                turn.rendered.add(template_sha)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything captured so far is written. True when it is in the store."""
@@ -232,8 +421,11 @@ class Recorder:
 
     def close(self) -> None:
         """End open turns as interrupted, flush, and stop the writer."""
-        for tid in list(self.turns):
-            self.end_turn(tid, error="capture closed before the turn ended")
+        for tid, turn in list(self.turns.items()):
+            if turn.status in ("failed", "interrupted"):
+                self.turns.pop(tid, None)  # their rows are written already
+            else:
+                self.end_turn(tid, error="capture closed before the turn ended")
         self.writer.close()
 
     # --- writer thread -----------------------------------------------------------------------
@@ -260,36 +452,53 @@ class Recorder:
             self._redacted[text] = cached
         return cached
 
-    def _turn_rows(self, turn: TurnState, *, final: bool) -> list[Row]:
-        if not turn.user_messages:
-            turn.user_messages = self._r(user_messages_from_inputs(turn.raw_inputs))
-        now = _utc(turn.end_ns or turn.start_ns)
-        thread_row = {"thread_id": turn.thread_id, "created_at": _utc(turn.start_ns), "updated_at": now,
-                      "source": "capture"}
+    def _turn_record(self, turn: TurnState, *, final: bool, definitive: bool = True) -> Any:
+        # Snapshot what the host may change next (a resume reopens the turn) at submit time.
+        snap = {
+            "end_ns": turn.end_ns if turn.status != "interrupted" else time.time_ns(),
+            "latency_ms": turn.latency_ms if turn.status != "interrupted" else turn.active_ms,
+            "error": turn.error, "status": turn.status, "outputs": turn.raw_outputs,
+            "interrupts": list(turn.interrupts), "resumes": list(turn.resumes),
+            "outcome": "interrupted" if turn.status == "interrupted" else turn.outcome,
+        }
+        return lambda: self._turn_rows(turn, snap, final=final, definitive=definitive)
+
+    def _turn_rows(self, turn: TurnState, snap: dict[str, Any], *, final: bool,
+                   definitive: bool) -> list[Row]:
+        if turn.user_messages is None:
+            msgs = self._threads.new_user_messages(turn.thread_id, user_text_inputs(turn.raw_inputs))
+            turn.user_messages = self._r(msgs)
+        end_ns = snap["end_ns"] or turn.start_ns
+        thread_row = {"thread_id": turn.thread_id, "created_at": _utc(turn.start_ns),
+                      "updated_at": _utc(end_ns if final else turn.start_ns), "source": "capture"}
         if turn.user_id:
             thread_row["user_id"] = turn.user_id
+        meta = dict(turn.metadata)
+        if snap["interrupts"] or snap["resumes"]:
+            meta["interrupts"] = [_interrupt_dict(i) for i in snap["interrupts"]]
+            meta["resumes"] = [jsonable(v) for v in snap["resumes"]]
+        if snap["outcome"]:
+            meta["outcome"] = snap["outcome"]
         row: dict[str, Any] = {
             "id": turn.turn_id, "thread_id": turn.thread_id, "started_at": _utc(turn.start_ns),
-            "input_messages": turn.user_messages, "meta": jsonable(turn.metadata),
+            "input_messages": turn.user_messages, "meta": self._r(jsonable(meta)),
         }
         if final:
-            outputs = self._r(_output_messages(turn.raw_outputs))
+            outputs = self._r(output_messages(snap["outputs"]))
             turn.output_text = next(
                 (m["content"] for m in reversed(outputs) if m["role"] == "assistant"), None
             )
-            row.update(ended_at=_utc(turn.end_ns or turn.start_ns), latency_ms=turn.latency_ms,
-                       error=self._r(turn.error), output_messages=outputs)
-            if self.spans is not None:
-                versions = {c.call_id: self._versions(c) for c in turn.calls if c.kind == "llm"}
+            row.update(ended_at=_utc(end_ns), latency_ms=snap["latency_ms"],
+                       error=self._r(snap["error"]), output_messages=outputs)
+            if definitive and self.spans is not None:
+                with turn.lock:
+                    calls = sorted(turn.calls, key=lambda c: c.seq)
                 try:
-                    self.spans.emit_turn(turn, sorted(turn.calls, key=lambda c: c.seq), versions)
+                    self.spans.emit_turn(turn, calls, {c.call_id: c.versions for c in calls})
                 except Exception:
                     self.errors += 1
                     logger.exception("loop-middleware: span emission failed")
         return [("thread", thread_row), ("turn", row)]
-
-    def _versions(self, call: CallState) -> list[PromptVersion]:
-        return versions_in_messages(call.input_messages, registry=self.registry)
 
     def _call_rows(self, call: CallState) -> list[Row]:
         rows: list[Row] = []
@@ -297,11 +506,15 @@ class Recorder:
             call.input_messages = messages_list(call.raw_input)
             _fill_llm_output(call)
             # Versions from the exact text (the prompt is the host's, not user data), then redact.
-            versions = self._versions(call)
+            turn = call.turn
+            with turn.lock:
+                explicit, rendered = dict(turn.explicit), tuple(turn.rendered)
+            call.versions = versions_in_messages(call.input_messages, registry=self.registry,
+                                                 explicit=explicit, rendered=rendered)
             call.input_messages = self._r(call.input_messages)
             call.output_messages = self._r(call.output_messages)
             call.error = self._r(call.error)
-            for v in versions:
+            for v in call.versions:
                 if v.sha256 not in self._seen_prompts:
                     rows.append(("prompt_version", {
                         **v.model_dump(), "first_seen": _utc(call.start_ns)}))
@@ -310,7 +523,7 @@ class Recorder:
                 "id": call.call_id, "turn_id": call.turn_id, "thread_id": call.thread_id,
                 "seq": call.seq, "model": call.model, "provider": call.provider,
                 "input_messages": call.input_messages, "output_messages": call.output_messages,
-                "prompt_shas": [v.sha256 for v in versions],
+                "prompt_shas": [v.sha256 for v in call.versions],
                 "input_tokens": call.input_tokens, "output_tokens": call.output_tokens,
                 "latency_ms": call.latency_ms, "finish_reason": call.finish_reason,
                 "error": call.error, "started_at": _utc(call.start_ns),
@@ -328,56 +541,25 @@ class Recorder:
         return rows
 
 
+def _interrupt_dict(i: Any) -> dict[str, Any]:
+    value = getattr(i, "value", i)
+    out: dict[str, Any] = {"value": jsonable(value)}
+    if getattr(i, "id", None):
+        out["id"] = str(i.id)
+    return out
+
+
 def _err(error: BaseException | str) -> tuple[str, str]:
     if isinstance(error, BaseException):
         return clean_text(f"{type(error).__name__}: {error}"), type(error).__name__
     return clean_text(str(error)), "Error"
 
 
-def _output_messages(outputs: Any) -> list[dict[str, Any]]:
-    if outputs is None:
-        return []
-    if isinstance(outputs, dict) and "messages" in outputs:
-        msgs = messages_list(outputs["messages"])
-        # Only the reply: the trailing messages after the last user message.
-        for i in range(len(msgs) - 1, -1, -1):
-            if msgs[i]["role"] == "user":
-                return msgs[i + 1 :]
-        return msgs[-1:]
-    if isinstance(outputs, dict):
-        for key in ("output", "answer", "text", "result"):
-            if isinstance(outputs.get(key), str):
-                return [{"role": "assistant", "content": outputs[key], "name": None,
-                         "tool_calls": [], "tool_call_id": None, "id": None}]
-        return []
-    if isinstance(outputs, str):
-        return [{"role": "assistant", "content": outputs, "name": None, "tool_calls": [],
-                 "tool_call_id": None, "id": None}]
-    try:
-        return messages_list(outputs)
-    except Exception:  # noqa: BLE001
-        return []
-
-
 def _fill_llm_output(call: CallState) -> None:
     out = call.raw_output
     if out is None:
         return
-    messages: list[Any] = []
-    gen_info: dict[str, Any] = {}
-    llm_output: dict[str, Any] = {}
-    generations = getattr(out, "generations", None)
-    if generations is not None:  # LLMResult
-        llm_output = getattr(out, "llm_output", None) or {}
-        for batch in generations:
-            for g in batch:
-                msg = getattr(g, "message", None)
-                messages.append(msg if msg is not None else {"role": "assistant", "content": g.text})
-                gen_info = gen_info or (g.generation_info or {})
-    elif isinstance(out, list):
-        messages = out
-    else:
-        messages = [out]
+    messages, gen_info, llm_out = llm_output(out)
     call.output_messages = [message_dict(m) for m in messages if m is not None]
     for m in messages:
         usage = getattr(m, "usage_metadata", None)
@@ -388,7 +570,7 @@ def _fill_llm_output(call: CallState) -> None:
         call.finish_reason = call.finish_reason or meta.get("finish_reason") or meta.get("stop_reason")
         call.model = call.model or meta.get("model_name") or meta.get("model")
     if call.input_tokens is None:
-        usage = llm_output.get("token_usage") or llm_output.get("usage") or {}
+        usage = llm_out.get("token_usage") or llm_out.get("usage") or {}
         if isinstance(usage, dict) and usage:
             call.input_tokens = usage.get("prompt_tokens") or usage.get("input_tokens")
             call.output_tokens = usage.get("completion_tokens") or usage.get("output_tokens")
@@ -409,9 +591,16 @@ def _fill_tool_output(call: CallState) -> None:
             call.error, call.error_type = call.result, "ToolError"
         return
     update = getattr(out, "update", None)  # a LangGraph Command returned by the tool
-    if update is not None:
+    if update is not None or hasattr(out, "goto"):
         msgs = update.get("messages") if isinstance(update, dict) else None
-        call.result = "\n".join(m["content"] for m in messages_list(msgs)) if msgs else repr(update)
+        if msgs:
+            call.result = "\n".join(m["content"] for m in messages_list(msgs))
+        else:
+            call.result = clean_text(repr(out))
+        return
+    if isinstance(out, list) and out and all(hasattr(d, "page_content") for d in out):
+        # A retriever's documents.
+        call.result = "\n\n".join(text_of(d.page_content) for d in out)
         return
     call.result = clean_text(out) if isinstance(out, str) else repr(jsonable(out))
 

@@ -39,7 +39,7 @@ from datetime import datetime
 from typing import Any, overload
 
 from ..errors import ConfigError, ExtractionError
-from ..types import Feedback, Message, Signal, Thread, ToolCall, Turn
+from ..types import SELF_REPORT_TOOL, Feedback, Message, Signal, Thread, ToolCall, Turn
 
 __all__ = [
     "BUILTIN_DETECTORS",
@@ -1542,6 +1542,25 @@ def _negative_reason(fb: Feedback, ctx: DetectionContext) -> str | None:
     if fb.comment and _NEGATIVE_COMMENT_RX.search(fb.comment):
         return "comment"
     return None
+
+
+@register_detector("self_report")
+def self_report(thread: Thread, ctx: DetectionContext) -> list[Signal]:
+    """The agent reported its own failure: a call of the ``report_problem`` tool that
+    ``LoopMiddleware(report_problems=True)`` gives it (stuck, a tool keeps failing, cannot do
+    what was asked). One signal per report, with its reason as evidence: a source no offline
+    detector can see."""
+    out: list[Signal] = []
+    for turn in thread.turns:
+        for call in _ordered_tools(turn):
+            if call.name != SELF_REPORT_TOOL:
+                continue
+            args = call.arguments if isinstance(call.arguments, dict) else {}
+            reason = str(args.get("reason") or call.arguments or "").strip()
+            out.append(_signal(thread, "self_report", turn,
+                               clip_quote(reason, 0, None, ctx.evidence_max_chars), 1.0,
+                               reason=reason[:500], tool_call_id=call.id))
+    return out
 
 
 BUILTIN_DETECTORS: tuple[str, ...] = tuple(default_registry.names())

@@ -87,6 +87,8 @@ def thread_texts(thread: Thread) -> list[str]:
             out += [x for x in (tc.name, tc.result, tc.error) if x]
             if isinstance(tc.arguments, str):
                 out.append(tc.arguments)
+            elif isinstance(tc.arguments, dict):  # e.g. the reason of a self-report
+                out += [v for v in tc.arguments.values() if isinstance(v, str)]
     for f in thread.feedback:
         out += [x for x in (f.comment, f.label) if x]
     return out
@@ -223,6 +225,10 @@ POSITIVE: list[Any] = [
     pytest.param("tool_error", make_thread(("Refund please", "One moment.",
                                             [tool("create_refund", '{"error": "upstream timeout", "id": null}')]),),
                  "error_field", 0, id="tool-error-json"),
+    # self_report (the agent's own report through LoopMiddleware's report_problem tool)
+    pytest.param("self_report", make_thread(("Change my delivery address", "I can't change it, sorry.",
+        [tool("report_problem", "Reported.", args={"reason": "no tool can change a delivery address"})]),),
+        None, 0, id="self-report"),
     # ungrounded
     pytest.param("ungrounded", make_thread(("Does the premium plan include phone support?",
         "Yes! The premium plan includes 24/7 phone support and a 60-day refund window.",
@@ -350,6 +356,8 @@ NEGATIVE: list[Any] = [
         tool("get_order", '{"error": null, "status": "shipped"}'),
         tool("get_order", "Order 88123: delivered on 2024-05-02, no errors reported"),
     ]),), id="tool-error-clean"),
+    pytest.param("self_report", make_thread(("Where is order 88123?", "Delivered.", [
+        tool("report_status", "ok", args={"reason": "the user asked"})]),), id="self-report-other-tool"),
     pytest.param("ungrounded", make_thread(
         ("Is the X200 waterproof?", "I couldn't find anything about that in our help center.",
          [tool("search_kb", "[]")]),
@@ -595,7 +603,7 @@ def test_turn_latency_falls_back_to_timestamps() -> None:
 def test_default_registry_has_the_builtins_in_order() -> None:
     assert BUILTIN_DETECTORS == (
         "frustration", "abandonment", "escalation", "refusal", "tool_error", "ungrounded", "stall",
-        "context_loss", "language_switch", "latency_outlier", "negative_feedback",
+        "context_loss", "language_switch", "latency_outlier", "negative_feedback", "self_report",
     )
     assert all(name in default_registry for name in BUILTIN_DETECTORS)
 
