@@ -18,12 +18,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
+from langchain_core.runnables.config import var_child_runnable_config
 from langgraph.callbacks import GraphCallbackHandler
 from langgraph.errors import GraphBubbleUp, GraphInterrupt
 
 from ..prompts import sha256_text, version_from_metadata
 from ._messages import messages_list
-from ._recorder import Recorder
+from ._recorder import Recorder, new_id
+from ._turns import thread_id_of
 
 __all__ = ["RunCapture", "guard", "is_control_flow", "is_interrupt"]
 
@@ -99,6 +101,12 @@ class RunCapture(GraphCallbackHandler):
     def _root_end(self, run_id: UUID, turn_id: str, outputs: Any, error: BaseException | None) -> None:
         """A top-level run ended."""
 
+    def _resolve_thread(self, turn: Any) -> None:
+        """A deferred turn's first nested run started: its thread id is in the run's config."""
+        config = var_child_runnable_config.get() or {}
+        thread_id = thread_id_of(config.get("configurable"), config.get("metadata"))
+        self.recorder.set_thread(turn, thread_id or new_id())
+
     def _skip_tool(self, tool_call_id: str | None) -> bool:
         """A tool run recorded elsewhere (the middleware records the tool it wraps)."""
         return False
@@ -115,6 +123,9 @@ class RunCapture(GraphCallbackHandler):
             if turn_id is not None:
                 self._turn_of[run_id] = turn_id
                 self._runs_of.setdefault(turn_id, []).append(run_id)
+                turn = self.recorder.turns.get(turn_id)
+                if turn is not None and turn.thread_pending:
+                    self._resolve_thread(turn)
                 return turn_id
         turn_id = self._root_start(run_id, inputs, metadata or {})
         if turn_id is not None:
@@ -167,6 +178,9 @@ class RunCapture(GraphCallbackHandler):
             return
         to_messages = getattr(value, "to_messages", None)
         msgs = to_messages() if callable(to_messages) else []
+        turn = self.recorder.turns.get(turn_id)
+        if turn is not None and turn.fallback_user is None and msgs:
+            turn.fallback_user = msgs
         systems = [m for m in messages_list(msgs) if m["role"] == "system"]
         if not systems and hasattr(value, "to_string") and templates:
             systems = [{"content": value.to_string()}]

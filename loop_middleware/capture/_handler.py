@@ -12,7 +12,7 @@ from ..privacy import Redactor
 from ..prompts import PromptRegistry
 from ..store import Store
 from ._callbacks import RunCapture, guard
-from ._recorder import Recorder, new_id
+from ._recorder import Recorder
 from ._turns import thread_id_of
 from ._writer import BackgroundWriter
 
@@ -128,11 +128,12 @@ class LoopCallbackHandler(RunCapture):
                     self.recorder.resume_turn(open_turn.turn_id, value, has_value=True)
                     return open_turn.turn_id
                 # New input on an interrupted thread: that interrupt is never answered.
-                self.recorder.end_turn(open_turn.turn_id, None, outcome="interrupted",
-                                       at_last_activity=True)
+                self.recorder.finalize(open_turn.turn_id)
         turn_id = str(run_id)
+        # No thread id in the run's metadata (LangGraph puts it there; plain chains keep
+        # ``configurable.session_id`` only in their config): read it from the first nested run.
         self.recorder.start_turn(
-            turn_id, thread_id or new_id(), inputs,
+            turn_id, thread_id or "", inputs, defer=not thread_id,
             user_id=metadata.get("user_id") or self.user_id, metadata=dict(metadata),
         )
         return turn_id

@@ -49,6 +49,8 @@ __all__ = ["LoopMiddleware"]
 logger = logging.getLogger("loop_middleware.capture")
 
 _STATE_KEY = "loop_turn"
+UNFINISHED = ("ended without a reply: the invocation stopped before the agent finished "
+              "(the client abandoned it, or it failed or paused outside the agent)")
 
 
 class LoopState(AgentState):  # type: ignore[type-arg,unused-ignore]
@@ -218,12 +220,14 @@ class LoopMiddleware(AgentMiddleware):  # type: ignore[type-arg,unused-ignore]
             thread_id = self._thread_of(config)
             if thread_id:
                 stale = self.recorder.open_turn(thread_id)
-                if stale is not None and not self.recorder.in_flight(stale):
+                if stale is not None and stale.status in ("failed", "interrupted"):
+                    # Failed (the error escaped) or interrupted and never resumed: as written.
+                    self.recorder.finalize(stale.turn_id)
+                elif stale is not None and not self.recorder.in_flight(stale):
                     # A new invocation on a thread whose last turn never reached after_agent:
-                    # interrupted and not resumed, or abandoned by the client.
-                    self.recorder.end_turn(
-                        stale.turn_id, None, outcome="interrupted" if stale.status == "interrupted"
-                        else "unfinished", at_last_activity=True)
+                    # abandoned by the client, or paused outside our view and not resumed.
+                    self.recorder.end_turn(stale.turn_id, None, UNFINISHED, outcome="unfinished",
+                                           at_last_activity=True)
             meta = config.get("metadata") or {}
             turn = self.recorder.start_turn(
                 new_id(), thread_id or new_id(), {"messages": (state or {}).get("messages", [])},

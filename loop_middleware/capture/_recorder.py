@@ -33,6 +33,7 @@ from ._messages import (
     output_messages,
     text_of,
     tool_call_ids,
+    user_messages_from_inputs,
     user_text_inputs,
 )
 from ._otel import SpanEmitter
@@ -134,6 +135,12 @@ class TurnState:
     running_tools: set[str] = field(default_factory=set)
     """tool_call ids of tool calls in flight: a tool run seen twice (by the middleware that wraps
     it and by the callbacks of an enclosing call) is recorded once."""
+    fallback_user: Any = None
+    """When the input names no user message (a chain fed several variables), the first
+    rendered prompt's or LLM call's messages: their trailing user messages are the request."""
+    thread_pending: bool = False
+    """The thread id is read from the first nested run's config (chains without LangGraph
+    carry ``configurable.session_id`` there only); the start row waits for it."""
     resumed_late: bool = False
     """The middleware saw this turn resume (it learns of it at the next call)."""
     """How a turn ended when not with a reply or an error: ``interrupted`` (never resumed) or
@@ -219,8 +226,10 @@ class Recorder:
         *,
         user_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        defer: bool = False,
     ) -> TurnState:
-        """Open a new turn (rule 1 of :mod:`._turns`)."""
+        """Open a new turn (rule 1 of :mod:`._turns`). ``defer``: its thread id is not known
+        yet (see :meth:`set_thread`); nothing is written until it is."""
         self._sweep()
         now = time.perf_counter()
         turn = TurnState(
@@ -231,19 +240,50 @@ class Recorder:
             seg_perf=now,
         )
         turn.last_ns, turn.last_perf = turn.start_ns, now
+        turn.thread_pending = defer
         self.turns[turn_id] = turn
-        self.writer.submit(self._turn_record(turn, final=False))
+        if not defer:
+            self.writer.submit(self._turn_record(turn, final=False))
         return turn
 
+    def set_thread(self, turn: TurnState, thread_id: str) -> None:
+        """Give a deferred turn its thread id and write its start."""
+        if turn.thread_pending:
+            turn.thread_id, turn.thread_pending = thread_id, False
+            self.writer.submit(self._turn_record(turn, final=False))
+
     def open_turn(self, thread_id: str) -> TurnState | None:
-        """The turn of ``thread_id`` left open by an interrupt (or still running), if any."""
+        """The turn of ``thread_id`` left open by an interrupt (or still running), if any.
+
+        An interrupted turn recorded by another handler of the same store in this process (a
+        new handler per request is common) is adopted, so its resume continues it here."""
         turn_id = self._open_by_thread.get(thread_id)
-        return self.turns.get(turn_id) if turn_id else None
+        turn = self.turns.get(turn_id) if turn_id else None
+        if turn is not None:
+            return turn
+        with _SHARED_LOCK:
+            owner = _SHARED_INTERRUPTED.get((self.store.url, thread_id))
+            if owner is None or owner[0] is self:
+                return None
+            other, tid = owner
+            turn = other.turns.pop(tid, None)
+            del _SHARED_INTERRUPTED[(self.store.url, thread_id)]
+        if turn is None or turn.status != "interrupted":
+            return None
+        with other._lock:
+            if other._open_by_thread.get(thread_id) == tid:
+                del other._open_by_thread[thread_id]
+        self.turns[turn.turn_id] = turn
+        self.mark_open(turn)
+        return turn
 
     def mark_open(self, turn: TurnState) -> None:
         """Remember ``turn`` as its thread's open turn (the one a resume continues)."""
         with self._lock:
             self._open_by_thread[turn.thread_id] = turn.turn_id
+        if turn.status == "interrupted":
+            with _SHARED_LOCK:
+                _SHARED_INTERRUPTED[(self.store.url, turn.thread_id)] = (self, turn.turn_id)
 
     def interrupt_turn(self, turn_id: str, interrupts: list[Any] | tuple[Any, ...] = ()) -> None:
         """Pause a turn on an interrupt: its row is written as interrupted now (nothing is lost
@@ -261,6 +301,7 @@ class Recorder:
             turn.active_ms = turn.working_ms(now)
             turn.seg_perf = None
             turn.status = "interrupted"
+            turn.end_ns, turn.latency_ms = time.time_ns(), turn.active_ms
         self.mark_open(turn)
         self.writer.submit(self._turn_record(turn, final=True, definitive=False))
 
@@ -295,9 +336,13 @@ class Recorder:
         turn = self.turns.get(turn_id) if provisional else self.turns.pop(turn_id, None)
         if turn is None:
             return
-        with self._lock:
-            if self._open_by_thread.get(turn.thread_id) == turn_id and not provisional:
-                del self._open_by_thread[turn.thread_id]
+        if turn.thread_pending:
+            self.set_thread(turn, new_id())
+        if not provisional:
+            with self._lock:
+                if self._open_by_thread.get(turn.thread_id) == turn_id:
+                    del self._open_by_thread[turn.thread_id]
+            _forget_shared(self, turn)
         with turn.lock:
             until = max(turn.last_perf, turn.seg_perf or 0.0) if at_last_activity else None
             turn.end_ns = turn.last_ns if at_last_activity else time.time_ns()
@@ -324,7 +369,22 @@ class Recorder:
                 break
             self._provisional.popleft()
             if turn is not None and turn.status == "failed":
-                self.turns.pop(tid, None)
+                self.finalize(tid)
+
+    def finalize(self, turn_id: str) -> None:
+        """Close a turn that failed provisionally or stays interrupted, as it was last written
+        (its end, latency and error are kept; its spans are emitted now)."""
+        turn = self.turns.pop(turn_id, None)
+        if turn is None:
+            return
+        with self._lock:
+            if self._open_by_thread.get(turn.thread_id) == turn_id:
+                del self._open_by_thread[turn.thread_id]
+        _forget_shared(self, turn)
+        if turn.status == "interrupted":
+            turn.outcome = "interrupted"
+        turn.status = "ended"
+        self.writer.submit(self._turn_record(turn, final=True, definitive=True))
 
     # --- host side: calls --------------------------------------------------------------------
 
@@ -357,6 +417,8 @@ class Recorder:
             if seq is None:
                 seq = turn.seq
                 turn.seq += 1
+        if kind == "llm" and turn.fallback_user is None:
+            turn.fallback_user = raw_input
         call = CallState(
             kind=kind, call_id=call_id, turn=turn, seq=seq, start_ns=time.time_ns(),
             start_perf=time.perf_counter(), name=name, model=model, provider=provider,
@@ -423,7 +485,7 @@ class Recorder:
         """End open turns as interrupted, flush, and stop the writer."""
         for tid, turn in list(self.turns.items()):
             if turn.status in ("failed", "interrupted"):
-                self.turns.pop(tid, None)  # their rows are written already
+                self.finalize(tid)
             else:
                 self.end_turn(tid, error="capture closed before the turn ended")
         self.writer.close()
@@ -455,8 +517,8 @@ class Recorder:
     def _turn_record(self, turn: TurnState, *, final: bool, definitive: bool = True) -> Any:
         # Snapshot what the host may change next (a resume reopens the turn) at submit time.
         snap = {
-            "end_ns": turn.end_ns if turn.status != "interrupted" else time.time_ns(),
-            "latency_ms": turn.latency_ms if turn.status != "interrupted" else turn.active_ms,
+            "end_ns": turn.end_ns,
+            "latency_ms": turn.latency_ms,
             "error": turn.error, "status": turn.status, "outputs": turn.raw_outputs,
             "interrupts": list(turn.interrupts), "resumes": list(turn.resumes),
             "outcome": "interrupted" if turn.status == "interrupted" else turn.outcome,
@@ -465,9 +527,12 @@ class Recorder:
 
     def _turn_rows(self, turn: TurnState, snap: dict[str, Any], *, final: bool,
                    definitive: bool) -> list[Row]:
-        if turn.user_messages is None:
-            msgs = self._threads.new_user_messages(turn.thread_id, user_text_inputs(turn.raw_inputs))
-            turn.user_messages = self._r(msgs)
+        if turn.user_messages is None or (final and not turn.user_messages and turn.fallback_user):
+            found = user_text_inputs(turn.raw_inputs)
+            if not found and final and turn.fallback_user is not None:
+                found = user_messages_from_inputs({"messages": turn.fallback_user})
+            if found or turn.user_messages is None:
+                turn.user_messages = self._r(self._threads.new_user_messages(turn.thread_id, found))
         end_ns = snap["end_ns"] or turn.start_ns
         thread_row = {"thread_id": turn.thread_id, "created_at": _utc(turn.start_ns),
                       "updated_at": _utc(end_ns if final else turn.start_ns), "source": "capture"}
@@ -539,6 +604,18 @@ class Recorder:
                 "tool_call_id": call.tool_call_id, "started_at": _utc(call.start_ns),
             }))
         return rows
+
+
+_SHARED_LOCK = threading.Lock()
+_SHARED_INTERRUPTED: dict[tuple[str, str], tuple[Recorder, str]] = {}
+"""(store URL, thread id) -> the recorder holding that thread's interrupted turn."""
+
+
+def _forget_shared(recorder: Recorder, turn: TurnState) -> None:
+    with _SHARED_LOCK:
+        key = (recorder.store.url, turn.thread_id)
+        if _SHARED_INTERRUPTED.get(key) == (recorder, turn.turn_id):
+            del _SHARED_INTERRUPTED[key]
 
 
 def _interrupt_dict(i: Any) -> dict[str, Any]:

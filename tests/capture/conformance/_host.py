@@ -12,6 +12,8 @@ result or error, the reply, the error, the prompt version of each call.
 from __future__ import annotations
 
 import contextvars
+import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.tools import BaseTool, StructuredTool
 
 from loop_middleware import LoopCallbackHandler, LoopMiddleware, Store, Thread, Turn
@@ -145,6 +147,23 @@ class HostModel(FakeToolModel):
                                           result.generations[0].message))  # type: ignore[arg-type]
         return result
 
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: Any = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        # Streams like a real chat model: text token by token, then the tool calls as chunks
+        # with the usage (langchain-core's fake model does not stream tool calls).
+        msg = self._generate(messages, stop, run_manager, **kwargs).generations[0].message
+        text = _text(msg.content)
+        for tok in [t for t in re.split(r"(\s)", text) if t]:
+            if run_manager:
+                run_manager.on_llm_new_token(tok)
+            yield ChatGenerationChunk(message=AIMessageChunk(content=tok, id=msg.id))
+        yield ChatGenerationChunk(message=AIMessageChunk(
+            content="", id=msg.id, chunk_position="last",
+            usage_metadata=getattr(msg, "usage_metadata", None),
+            tool_call_chunks=[{"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"],
+                               "index": i, "type": "tool_call_chunk"}
+                              for i, c in enumerate(getattr(msg, "tool_calls", []) or [])]))
+
 
 # --- running the host under capture -----------------------------------------------------------
 
@@ -238,14 +257,18 @@ def check_turn(
         assert [(c["name"], c["args"]) for c in out.tool_calls] == [
             (c["name"], c["args"]) for c in ev.output.tool_calls]
     # Every tool call in the model's order, with its result or error.
-    want = [t for t in expected_tool_order(llm) if t[0] not in exclude_tools]
+    # (A call the model announced but the host never ran, e.g. the client abandoned the turn
+    # first, is not expected; the host's tools log every call they ran.)
+    ran = {(t.name, repr(sorted(t.args.items()))): t for t in host.tools_of(key)}
+
+    def key_of(name: str, args: Any) -> tuple[str, str]:
+        return name, repr(sorted((args or {}).items()))
+
+    want = [t for t in expected_tool_order(llm) if t[0] not in exclude_tools and key_of(*t) in ran]
     got = [c for c in turn.tool_calls if c.name not in exclude_tools]
     assert [(c.name, c.arguments) for c in got] == want, (key, [(c.name, c.arguments) for c in got], want)
-    ran = {(t.name, repr(sorted(t.args.items()))): t for t in host.tools_of(key)}
     for c in got:
-        t = ran.get((c.name, repr(sorted((c.arguments or {}).items()))))
-        if t is None:
-            continue  # announced but not run (e.g. an unknown tool): no host record
+        t = ran[key_of(c.name, c.arguments)]
         if t.error is not None:
             assert c.error is not None and t.error.split(":", 1)[1].strip() in c.error, (c.error, t.error)
         else:

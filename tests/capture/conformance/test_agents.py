@@ -368,7 +368,8 @@ def test_self_reported_problem_is_a_signal(sqlite_url: str) -> None:
                      capture.config("self"))
     thread = capture.threads()["self"]
     turn = thread.turns[0]
-    check_turn(turn, host, "s", user="change my address", reply="I can't change the address, sorry.")
+    check_turn(turn, host, "s", user="change my address", reply="I can't change the address, sorry.",
+               exclude_tools=[SELF_REPORT_TOOL])
     assert "report_problem" in turn.llm_calls[0].input_messages[0].content
     assert turn.tool_calls[0].name == SELF_REPORT_TOOL
     sigs = [s for s in detect_signals([thread]) if s.kind == "self_report"]
