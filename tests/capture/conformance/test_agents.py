@@ -31,6 +31,14 @@ def calls(*specs: tuple[str, dict[str, Any], str]) -> AIMessage:
         {"name": n, "args": a, "id": cid, "type": "tool_call"} for n, a, cid in specs])
 
 
+def invoke(agent: Any, inputs: Any, cfg: dict[str, Any], use_async: bool) -> Any:
+    """``invoke`` or ``ainvoke`` (on a fresh event loop)."""
+    return asyncio.run(agent.ainvoke(inputs, cfg)) if use_async else agent.invoke(inputs, cfg)
+
+
+SYNC_ASYNC = pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+
+
 @pytest.fixture(params=["handler", "middleware"])
 def capture(request: pytest.FixtureRequest, sqlite_url: str) -> Capture:
     return Capture(request.param, sqlite_url)
@@ -107,7 +115,8 @@ def test_fifty_concurrent_invocations_without_thread_id_never_mix(capture: Captu
         check_turn(t.turns[0], host, f"i{i}", user=f"weather {i}?", reply=f"Sunny in City{i}.")
 
 
-def test_parallel_tool_calls_stored_in_message_order(capture: Capture) -> None:
+@SYNC_ASYNC
+def test_parallel_tool_calls_stored_in_message_order(capture: Capture, use_async: bool) -> None:
     """Item 6: parallel tools finish in any order; they are stored in the message's order, with
     their real start and end times."""
     host = Host()
@@ -125,7 +134,7 @@ def test_parallel_tool_calls_stored_in_message_order(capture: Capture) -> None:
 
     agent = capture.agent(model, [host.tool(timed_weather, name="weather")], system_prompt=SYSTEM)
     with host.invocation("p"):
-        agent.invoke({"messages": [{"role": "user", "content": "A, B, C?"}]}, capture.config("par"))
+        invoke(agent, {"messages": [{"role": "user", "content": "A, B, C?"}]}, capture.config("par"), use_async)
     turn = capture.threads()["par"].turns[0]
     check_turn(turn, host, "p", user="A, B, C?", reply="A, B and C are sunny.")
     assert [c.tool_call_id for c in turn.tool_calls] == ["ca", "cb", "cc"]
@@ -183,7 +192,8 @@ def test_tool_raising_out_of_the_agent_marks_the_turn(capture: Capture, use_asyn
     check_turn(turns[1], host, "y", user="hello", reply="Hello again.")
 
 
-def test_human_in_the_loop_tool_interrupt_resumes_the_same_turn(capture: Capture) -> None:
+@SYNC_ASYNC
+def test_human_in_the_loop_tool_interrupt_resumes_the_same_turn(capture: Capture, use_async: bool) -> None:
     """Item 3: a tool that calls interrupt(), resumed with Command(resume=...): the request is one
     turn (plus the next request's), the interrupt and the resume value are on it, and its latency
     excludes the human's wait."""
@@ -200,12 +210,12 @@ def test_human_in_the_loop_tool_interrupt_resumes_the_same_turn(capture: Capture
                           checkpointer=InMemorySaver())
     cfg = capture.config("hitl")
     with host.invocation("r"):
-        out = agent.invoke({"messages": [{"role": "user", "content": "refund order 7"}]}, cfg)
+        out = invoke(agent, {"messages": [{"role": "user", "content": "refund order 7"}]}, cfg, use_async)
         assert out["__interrupt__"][0].value == {"approve_refund": "7"}
         time.sleep(1.0)  # the human takes their time
-        agent.invoke(Command(resume="approved"), cfg)
+        invoke(agent, Command(resume="approved"), cfg, use_async)
     with host.invocation("s"):
-        agent.invoke({"messages": [{"role": "user", "content": "thanks"}]}, cfg)
+        invoke(agent, {"messages": [{"role": "user", "content": "thanks"}]}, cfg, use_async)
     turns = capture.threads()["hitl"].turns
     assert [t.user_text for t in turns] == ["refund order 7", "thanks"]
     check_turn(turns[0], host, "r", user="refund order 7", reply="Refund approved.")
@@ -215,7 +225,8 @@ def test_human_in_the_loop_tool_interrupt_resumes_the_same_turn(capture: Capture
     check_turn(turns[1], host, "s", user="thanks", reply="You're welcome.")
 
 
-def test_human_in_the_loop_middleware_approval(capture: Capture) -> None:
+@SYNC_ASYNC
+def test_human_in_the_loop_middleware_approval(capture: Capture, use_async: bool) -> None:
     """Item 3 with langchain's HumanInTheLoopMiddleware (it interrupts after the model)."""
     host = Host()
     model = host.model(tool_call("weather", {"city": "Oslo"}), reply("Oslo is sunny."),
@@ -225,12 +236,12 @@ def test_human_in_the_loop_middleware_approval(capture: Capture) -> None:
                           middleware=[HumanInTheLoopMiddleware(interrupt_on={"weather": True})])
     cfg = capture.config("hitl-mw")
     with host.invocation("a"):
-        out = agent.invoke({"messages": [{"role": "user", "content": "Oslo weather?"}]}, cfg)
+        out = invoke(agent, {"messages": [{"role": "user", "content": "Oslo weather?"}]}, cfg, use_async)
         assert "__interrupt__" in out
         time.sleep(1.0)
-        agent.invoke(Command(resume={"decisions": [{"type": "approve"}]}), cfg)
+        invoke(agent, Command(resume={"decisions": [{"type": "approve"}]}), cfg, use_async)
     with host.invocation("b"):
-        agent.invoke({"messages": [{"role": "user", "content": "bye"}]}, cfg)
+        invoke(agent, {"messages": [{"role": "user", "content": "bye"}]}, cfg, use_async)
     turns = capture.threads()["hitl-mw"].turns
     assert [t.user_text for t in turns] == ["Oslo weather?", "bye"]
     check_turn(turns[0], host, "a", user="Oslo weather?", reply="Oslo is sunny.")
@@ -240,7 +251,8 @@ def test_human_in_the_loop_middleware_approval(capture: Capture) -> None:
     check_turn(turns[1], host, "b", user="bye", reply="Bye!")
 
 
-def test_sub_agents_fanned_out_from_a_tool_are_one_turn(capture: Capture) -> None:
+@SYNC_ASYNC
+def test_sub_agents_fanned_out_from_a_tool_are_one_turn(capture: Capture, use_async: bool) -> None:
     """Item 4: a tool fans out to two sub-agents (Send); one top-level invocation is one turn
     with all six LLM calls, and the turn ends with the graph's reply."""
     host = Host()
@@ -274,8 +286,8 @@ def test_sub_agents_fanned_out_from_a_tool_are_one_turn(capture: Capture) -> Non
     model = host.model(tool_call("study", {"topics": "alpha,beta"}), reply("Both are covered."))
     agent = capture.agent(model, [host.tool(study)], system_prompt=SYSTEM)
     with host.invocation("f"):
-        agent.invoke({"messages": [{"role": "user", "content": "study alpha and beta"}]},
-                     capture.config("fan"))
+        invoke(agent, {"messages": [{"role": "user", "content": "study alpha and beta"}]},
+                     capture.config("fan"), use_async)
     threads = capture.threads()
     assert list(threads) == ["fan"]
     turns = threads["fan"].turns
@@ -375,3 +387,30 @@ def test_self_reported_problem_is_a_signal(sqlite_url: str) -> None:
     sigs = [s for s in detect_signals([thread]) if s.kind == "self_report"]
     assert len(sigs) == 1 and sigs[0].turn_index == 0
     assert "delivery address" in sigs[0].evidence
+
+
+def test_summarization_middleware(capture: Capture) -> None:
+    """SummarizationMiddleware: the agent's model call is stored with the summarised history it
+    was sent. The summary call itself is made by another middleware's node: the handler records
+    it; the middleware, which only sees its own agent's calls, does not."""
+    from langchain.agents.middleware import SummarizationMiddleware
+
+    host = Host()
+    summariser = host.model(reply("Summary: the user asked about Paris twice."), name="summariser")
+    model = host.model(reply("Sunny."), reply("Still sunny."), reply("Yes, sunny."))
+    summarize = SummarizationMiddleware(model=summariser, trigger=("messages", 4), keep=("messages", 2))
+    agent = capture.agent(model, [], system_prompt=SYSTEM, middleware=[summarize],
+                          checkpointer=InMemorySaver())
+    cfg = capture.config("sum")
+    for key, text in (("a", "Paris?"), ("b", "Paris again?"), ("c", "And now?")):
+        with host.invocation(key):
+            agent.invoke({"messages": [{"role": "user", "content": text}]}, cfg)
+    turns = capture.threads()["sum"].turns
+    assert [t.user_text for t in turns] == ["Paris?", "Paris again?", "And now?"]
+    summary_calls = [e for e in host.llm_of("c") if e.output.content.startswith("Summary")]
+    assert len(summary_calls) == 1
+    stored_summary = [c for c in turns[2].llm_calls if c.output_messages[-1].content.startswith("Summary")]
+    assert len(stored_summary) == (1 if capture.mode == "handler" else 0)
+    agent_call = [c for c in turns[2].llm_calls if c.output_messages[-1].content == "Yes, sunny."][0]
+    assert any("Summary: the user asked about Paris twice." in m.content for m in agent_call.input_messages)
+    assert turns[2].reply_text == "Yes, sunny."
