@@ -411,6 +411,6 @@ def test_summarization_middleware(capture: Capture) -> None:
     assert len(summary_calls) == 1
     stored_summary = [c for c in turns[2].llm_calls if c.output_messages[-1].content.startswith("Summary")]
     assert len(stored_summary) == (1 if capture.mode == "handler" else 0)
-    agent_call = [c for c in turns[2].llm_calls if c.output_messages[-1].content == "Yes, sunny."][0]
+    agent_call = next(c for c in turns[2].llm_calls if c.output_messages[-1].content == "Yes, sunny.")
     assert any("Summary: the user asked about Paris twice." in m.content for m in agent_call.input_messages)
     assert turns[2].reply_text == "Yes, sunny."
