@@ -3,7 +3,8 @@
 Times the same agent (fake chat model, one tool, checkpointer, multi-turn threads) for N turns:
 bare; with ``LoopCallbackHandler``; with OpenInference's ``LangChainInstrumentor`` exporting to an
 in-memory span exporter; and with ``LoopCallbackHandler`` on a deliberately slow database (every
-write transaction sleeps), to show host latency never waits on the database. Modes run in
+write transaction sleeps), to show host latency never waits on the database. The same for a
+langchain ``create_agent`` agent: bare, with ``LoopMiddleware``, and with OpenInference. Modes run in
 interleaved blocks so machine drift hits them alike. Prints the per-turn median overhead of each
 against the bare run, the ratio ours/OpenInference, p99s, and writes
 ``benchmarks/results/capture_overhead.json``.
@@ -35,7 +36,7 @@ from langgraph.prebuilt import ToolNode, tools_condition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loop_middleware import LoopCallbackHandler, Store  # noqa: E402
+from loop_middleware import LoopCallbackHandler, LoopMiddleware, Store  # noqa: E402
 
 SYSTEM = "You are the support agent of Acme Pay. Answer briefly and politely.\n" * 5
 
@@ -75,6 +76,21 @@ def build_agent() -> Any:
     g.add_conditional_edges("agent", tools_condition)
     g.add_edge("tools", "agent")
     return g.compile(checkpointer=InMemorySaver())
+
+
+def build_create_agent(middleware: list[Any]) -> Any:
+    """The same agent as a langchain ``create_agent`` agent (``LoopMiddleware``'s home)."""
+    from langchain.agents import create_agent
+
+    model = _Model(messages=itertools.cycle([
+        AIMessage(content="", tool_calls=[{"name": "lookup_order", "args": {"order_id": "A-1"},
+                                           "id": "c1", "type": "tool_call"}],
+                  usage_metadata={"input_tokens": 120, "output_tokens": 12, "total_tokens": 132}),
+        AIMessage(content="Your order A-1 shipped on Monday and arrives Thursday.",
+                  usage_metadata={"input_tokens": 160, "output_tokens": 14, "total_tokens": 174}),
+    ]))
+    return create_agent(model, [lookup_order], system_prompt=SYSTEM, middleware=middleware,
+                        checkpointer=InMemorySaver())
 
 
 class SlowStore(Store):
@@ -126,26 +142,39 @@ def main() -> None:
     oi = LangChainInstrumentor()
 
     graph = build_agent()
+    mw = LoopMiddleware(Store(f"sqlite:///{tmp / 'mw.db'}"), emit_spans=True)
+    agents = {"agent_bare": build_create_agent([]), "agent_loop_middleware": build_create_agent([mw]),
+              "agent_openinference": build_create_agent([])}
     counter = itertools.count()
     # warm-up: imports, first-call caches
     run_block(graph, "warm", 30, None, counter)
     run_block(graph, "warm", 30, ours, counter)
+    for a in agents.values():
+        run_block(a, "warm", 30, None, counter)
+    mw.flush(300)
 
     per = max(1, args.turns // args.blocks)
-    samples: dict[str, list[float]] = {"bare": [], "loop": [], "openinference": [], "loop_slow_db": []}
+    samples: dict[str, list[float]] = {"bare": [], "loop": [], "openinference": [], "loop_slow_db": [],
+                                       "agent_bare": [], "agent_loop_middleware": [],
+                                       "agent_openinference": []}
     block_medians: dict[str, list[float]] = {k: [] for k in samples}
-    drain_s = {"loop": 0.0, "loop_slow_db": 0.0}
+    drain_s = {"loop": 0.0, "loop_slow_db": 0.0, "agent_loop_middleware": 0.0}
 
     def block(mode: str) -> None:
-        if mode == "bare":
-            samples[mode] += run_block(graph, mode, per, None, counter)
-        elif mode == "openinference":
+        if mode in ("bare", "agent_bare"):
+            samples[mode] += run_block(agents.get(mode, graph), mode, per, None, counter)
+        elif mode in ("openinference", "agent_openinference"):
             oi.instrument(tracer_provider=provider)
             try:
-                samples[mode] += run_block(graph, mode, per, None, counter)
+                samples[mode] += run_block(agents.get(mode, graph), mode, per, None, counter)
             finally:
                 oi.uninstrument()
             exporter.clear()
+        elif mode == "agent_loop_middleware":
+            samples[mode] += run_block(agents[mode], mode, per, None, counter)
+            t0 = time.perf_counter()
+            mw.flush(300)
+            drain_s[mode] += time.perf_counter() - t0
         else:
             h = ours if mode == "loop" else slow
             samples[mode] += run_block(graph, mode, per, h, counter)
@@ -165,11 +194,15 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in samples.items()}
     p99 = {k: pct(v, 99) for k, v in samples.items()}
-    over = {k: med[k] - med["bare"] for k in ("loop", "openinference", "loop_slow_db")}
+    base = {"loop": "bare", "openinference": "bare", "loop_slow_db": "bare",
+            "agent_loop_middleware": "agent_bare", "agent_openinference": "agent_bare"}
+    over = {k: med[k] - med[b] for k, b in base.items()}
     ratio = over["loop"] / over["openinference"] if over["openinference"] > 0 else float("nan")
+    mw_ratio = (over["agent_loop_middleware"] / over["agent_openinference"]
+                if over["agent_openinference"] > 0 else float("nan"))
     # Paired by block (the modes of a block ran back to back): the spread shows the noise.
-    paired = {k: sorted(m - b for m, b in zip(block_medians[k], block_medians["bare"], strict=True))
-              for k in ("loop", "openinference", "loop_slow_db")}
+    paired = {k: sorted(m - b for m, b in zip(block_medians[k], block_medians[base[k]], strict=True))
+              for k in base}
     spread = {k: (round(v[len(v) // 4], 3), round(v[(3 * len(v)) // 4], 3)) for k, v in paired.items()}
     result = {
         "turns_per_mode": len(samples["bare"]),
@@ -177,6 +210,7 @@ def main() -> None:
         "p99_ms": {k: round(v, 4) for k, v in p99.items()},
         "overhead_median_ms": {k: round(v, 4) for k, v in over.items()},
         "ratio_ours_over_openinference": round(ratio, 3),
+        "ratio_middleware_over_openinference": round(mw_ratio, 3),
         "overhead_block_paired_iqr_ms": spread,
         "target_ratio_at_most": 0.5,
         "slow_db_write_delay_ms": SlowStore.delay * 1000,
@@ -185,6 +219,8 @@ def main() -> None:
             k: round(v * 1000 / len(samples[k]), 4) for k, v in drain_s.items()},
         "threads_stored": stored,
         "handler_errors": ours.errors + slow.errors,
+        "middleware_errors": mw.errors,
+        "middleware_threads_stored": Store(f"sqlite:///{tmp / 'mw.db'}").count_threads(),
         "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
     }
     print(f"turns per mode:               {result['turns_per_mode']}")
@@ -193,6 +229,8 @@ def main() -> None:
     print(f"overhead per turn (median):   loop {over['loop']:.3f} ms, "
           f"openinference {over['openinference']:.3f} ms, loop+slow db {over['loop_slow_db']:.3f} ms")
     print(f"ratio ours/openinference:     {ratio:.3f}  (target <= 0.5)")
+    print(f"create_agent overhead (median): LoopMiddleware {over['agent_loop_middleware']:.3f} ms, "
+          f"openinference {over['agent_openinference']:.3f} ms, ratio {mw_ratio:.3f}")
     print(f"block-paired overhead, interquartile range (ms): {spread}")
     print(f"slow database ({SlowStore.delay * 1000:.0f} ms per write): p99 {p99['loop_slow_db']:.3f} ms "
           f"vs {p99['loop']:.3f} ms on a fast one")

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -141,6 +141,9 @@ class TurnState:
     thread_pending: bool = False
     """The thread id is read from the first nested run's config (chains without LangGraph
     carry ``configurable.session_id`` there only); the start row waits for it."""
+    user_keys: set[str] = field(default_factory=set)
+    """Keys (id, else text) of the user messages that opened the turn (middleware: a later
+    invocation bringing none of them is a resume of this turn)."""
     resumed_late: bool = False
     """The middleware saw this turn resume (it learns of it at the next call)."""
     """How a turn ended when not with a reply or an error: ``interrupted`` (never resumed) or
@@ -211,6 +214,7 @@ class Recorder:
         """Errors inside capture, counted and logged, never raised into the host."""
         self._open_by_thread: dict[str, str] = {}  # thread id -> its interrupted/open turn
         self._provisional: deque[str] = deque()
+        self._recent: OrderedDict[str, TurnState] = OrderedDict()
         self._lock = threading.Lock()
         self._seen_prompts: set[str] = set()
         self._redacted: dict[str, str] = {}  # writer thread only
@@ -326,12 +330,15 @@ class Recorder:
     def end_turn(
         self, turn_id: str, outputs: Any = None, error: BaseException | str | None = None,
         *, provisional: bool = False, at_last_activity: bool = False, outcome: str | None = None,
+        replied: bool = False,
     ) -> None:
         """End a turn with its outputs or error (rule 4).
 
         ``provisional``: an error escaped the agent, but an outer retry may still continue the
         turn; the row is written now and the turn stays continuable for a while.
         ``at_last_activity``: the turn was abandoned; it ended when it last did something.
+        ``replied``: the middleware saw the agent's final reply; the turn is kept a while in case
+        the invocation goes on after all (:meth:`reopen`).
         """
         turn = self.turns.get(turn_id) if provisional else self.turns.pop(turn_id, None)
         if turn is None:
@@ -357,6 +364,10 @@ class Recorder:
                 turn.failed_at = time.monotonic()
         if provisional:
             self._provisional.append(turn_id)
+        if replied:
+            self._recent[turn_id] = turn
+            while len(self._recent) > 1024:
+                self._recent.popitem(last=False)
         self.writer.submit(self._turn_record(turn, final=True, definitive=not provisional))
 
     def _sweep(self) -> None:
@@ -370,6 +381,17 @@ class Recorder:
             self._provisional.popleft()
             if turn is not None and turn.status == "failed":
                 self.finalize(tid)
+
+    def reopen(self, turn_id: str) -> TurnState | None:
+        """Continue a turn ended at its reply when its invocation goes on after all."""
+        turn = self._recent.pop(turn_id, None)
+        if turn is None:
+            return None
+        with turn.lock:
+            turn.active_ms = turn.latency_ms or turn.active_ms
+            turn.seg_perf, turn.status = time.perf_counter(), "running"
+        self.turns[turn_id] = turn
+        return turn
 
     def finalize(self, turn_id: str) -> None:
         """Close a turn that failed provisionally or stays interrupted, as it was last written
