@@ -25,6 +25,12 @@ from tests._fakes import reply, tool_call
 from tests.capture.conformance._host import Capture, Host, HostModel, check_turn
 
 SYSTEM = "You are the support agent of Acme. Be brief."
+SYNC_ASYNC = pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+
+
+def invoke(graph: Any, inputs: Any, cfg: Any, use_async: bool) -> Any:
+    """``invoke`` or ``ainvoke`` (on a fresh event loop)."""
+    return asyncio.run(graph.ainvoke(inputs, cfg)) if use_async else graph.invoke(inputs, cfg)
 
 
 class State(TypedDict):
@@ -68,8 +74,9 @@ def test_toolnode_handle_tool_errors(sqlite_url: str) -> None:
     assert "HTTP 503" in (turn.tool_calls[0].error or "")
 
 
+@SYNC_ASYNC
 @pytest.mark.parametrize("how", ["same-handler", "new-config", "new-handler"])
-def test_interrupt_in_a_node_resumed_on_the_same_thread(sqlite_url: str, how: str) -> None:
+def test_interrupt_in_a_node_resumed_on_the_same_thread(sqlite_url: str, how: str, use_async: bool) -> None:
     """Item 3: ``interrupt()`` in a node, resumed with ``Command(resume=...)`` by the same handler,
     the same handler in a new config, or a new handler on the same store: two requests are two
     turns; the resumed work, the interrupt and the resume value belong to the first."""
@@ -89,15 +96,15 @@ def test_interrupt_in_a_node_resumed_on_the_same_thread(sqlite_url: str, how: st
     first = LoopCallbackHandler(sqlite_url)
     cfg = {"callbacks": [first], "configurable": {"thread_id": "h"}}
     with host.invocation("r"):
-        out = graph.invoke({"messages": [("user", "refund order 7 please")]}, cfg)
+        out = invoke(graph, {"messages": [("user", "refund order 7 please")]}, cfg, use_async)
         assert out["__interrupt__"][0].value == {"approve": "refund order 7"}
         time.sleep(0.8)
         second = first if how != "new-handler" else LoopCallbackHandler(sqlite_url)
         cfg2 = cfg if how == "same-handler" else {"callbacks": [second], "configurable": {"thread_id": "h"}}
-        graph.invoke(Command(resume="yes"), cfg2)
+        invoke(graph, Command(resume="yes"), cfg2, use_async)
     with host.invocation("n"):
-        graph.invoke({"messages": [("user", "thanks")]}, cfg2)
-        graph.invoke(Command(resume="n/a"), cfg2)
+        invoke(graph, {"messages": [("user", "thanks")]}, cfg2, use_async)
+        invoke(graph, Command(resume="n/a"), cfg2, use_async)
     assert first.flush() and second.flush()
     cap = Capture("handler", sqlite_url)
     turns = cap.threads()["h"].turns
@@ -109,7 +116,8 @@ def test_interrupt_in_a_node_resumed_on_the_same_thread(sqlite_url: str, how: st
     check_turn(turns[1], host, "n", user="thanks", reply="Anything else?")
 
 
-def test_subgraph_and_send_fan_out_are_one_turn(sqlite_url: str) -> None:
+@SYNC_ASYNC
+def test_subgraph_and_send_fan_out_are_one_turn(sqlite_url: str, use_async: bool) -> None:
     """Item 4 (handler): a subgraph node and a ``Send`` fan-out to parallel workers, each with its
     own LLM call: one top-level invocation is one turn with every call and the graph's reply."""
     host = Host()
@@ -146,7 +154,7 @@ def test_subgraph_and_send_fan_out_are_one_turn(sqlite_url: str) -> None:
     graph = g.compile(checkpointer=InMemorySaver())
     cap = Capture("handler", sqlite_url)
     with host.invocation("f"):
-        graph.invoke({"messages": [("user", "report on a, b, c")], "notes": []}, cap.config("fan"))
+        invoke(graph, {"messages": [("user", "report on a, b, c")], "notes": []}, cap.config("fan"), use_async)
     threads = cap.threads()
     assert list(threads) == ["fan"] and len(threads["fan"].turns) == 1
     turn = threads["fan"].turns[0]
@@ -241,7 +249,8 @@ def test_astream_events_v2(capture: Capture) -> None:
     check_turn(turn, host, "e", user="order 4?", reply="Order 4 shipped.")
 
 
-def test_functional_api_entrypoint_and_tasks(sqlite_url: str) -> None:
+@SYNC_ASYNC
+def test_functional_api_entrypoint_and_tasks(sqlite_url: str, use_async: bool) -> None:
     host = Host()
     drafter = host.model(reply("draft: your order shipped"))
     polisher = host.model(reply("Your order has shipped."))
@@ -260,6 +269,6 @@ def test_functional_api_entrypoint_and_tasks(sqlite_url: str) -> None:
 
     cap = Capture("handler", sqlite_url)
     with host.invocation("w"):
-        assert workflow.invoke("where is my order?", cap.config("fn")) == "Your order has shipped."
+        assert invoke(workflow, "where is my order?", cap.config("fn"), use_async) == "Your order has shipped."
     turn = cap.threads()["fn"].turns[0]
     check_turn(turn, host, "w", user="where is my order?", reply="Your order has shipped.")
