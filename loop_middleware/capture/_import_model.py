@@ -95,6 +95,7 @@ class ImportContext:
     source: str = "import"
     warnings: list[str] = field(default_factory=list)
     _cache: dict[str, str] = field(default_factory=dict)
+    _msgs: dict[int, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
 
     # Redaction exactly as live capture does it (Recorder._r): message text, tool calls,
     # arguments, results and errors; a message's text is redacted once however often the
@@ -114,10 +115,24 @@ class ImportContext:
         return value if self.redactor is None else self.redactor.redact_value(value)
 
     def msgs(self, msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self._msg(m) for m in msgs]
+
+    def _msg(self, m: dict[str, Any]) -> dict[str, Any]:
         if self.redactor is None:
-            return [dict(m) for m in msgs]
-        return [{**m, "content": self.text(m["content"] or ""),
-                 "tool_calls": self.redactor.redact_value(m.get("tool_calls") or [])} for m in msgs]
+            return dict(m)
+        # Each history message is redacted once per conversation, however many LLM inputs
+        # repeat it (keyed by identity; the original is kept so an id is never reused).
+        hit = self._msgs.get(id(m))
+        if hit is not None and hit[0] is m:
+            return hit[1]
+        out = {**m, "content": self.text(m["content"] or ""),
+               "tool_calls": self.redactor.redact_value(m["tool_calls"]) if m.get("tool_calls") else []}
+        self._msgs[id(m)] = (m, out)
+        return out
+
+    def new_conversation(self) -> None:
+        """Forget the per-conversation memo (its messages are about to be garbage)."""
+        self._msgs.clear()
 
 
 # --- conversation -> rows -------------------------------------------------------------------
@@ -197,6 +212,7 @@ def conversation_rows(conv: Conversation, ctx: ImportContext) -> tuple[list[Row]
         IngestError: The conversation is empty, has no user message, or a message is too big.
     """
     steps = conv.steps
+    ctx.new_conversation()
     if not steps:
         raise IngestError("empty conversation: no messages", record=conv.record)
     _check_sizes(conv, ctx.max_chars)
