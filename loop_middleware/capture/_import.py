@@ -282,7 +282,8 @@ def import_transcripts(
         except RECORD_ERRORS as exc:
             report.skipped.append(f"{say(exc, where)}; skipped")
     if by_format["langsmith"]:
-        convs += langsmith.conversations(by_format["langsmith"], prefix=thread_prefix, skipped=report.skipped)
+        convs += langsmith.conversations(by_format["langsmith"], prefix=thread_prefix,
+                                         skipped=report.skipped, registry=registry)
     if by_format["langfuse"]:
         convs += langfuse.conversations(by_format["langfuse"], prefix=thread_prefix, skipped=report.skipped)
     built = _build(convs, ctx, base_time, report)

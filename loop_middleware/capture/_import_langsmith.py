@@ -23,6 +23,9 @@ from typing import Any
 
 from .._text import clean_text
 from ..errors import IngestError
+from ..prompts import PromptRegistry, sha256_text, version_from_metadata
+from ..types import PromptVersion
+from ._callbacks import _system_templates  # the one reader of a serialised ChatPromptTemplate
 from ._import_model import Conversation, Step
 from ._import_read import (
     RECORD_ERRORS,
@@ -263,8 +266,8 @@ def _feedback_record(f: Mapping[str, Any], where: str) -> tuple[str, dict[str, A
     }
 
 
-def conversations(records: list[tuple[str, Any]], *, prefix: str = "",
-                  skipped: list[str]) -> list[Conversation]:
+def conversations(records: list[tuple[str, Any]], *, prefix: str = "", skipped: list[str],
+                  registry: PromptRegistry | None = None) -> list[Conversation]:
     """Runs and feedback records (from any number of files) as threads; a broken run skips its
     trace (named in ``skipped``), the other traces of the thread are kept."""
     flat: list[tuple[Mapping[str, Any], str]] = []
@@ -332,7 +335,7 @@ def conversations(records: list[tuple[str, Any]], *, prefix: str = "",
         roots = [r for r in members if r.parent is None or r.parent not in ids]
         root = min(roots, key=lambda r: (r.start_ts, r.pos))
         try:
-            steps = _trace_steps(root, members, feedback.get(trace, []))
+            steps = _trace_steps(root, members, feedback.get(trace, []), registry)
         except RECORD_ERRORS as exc:
             skipped.append(f"{say(exc, root.where)}; trace {trace} skipped")
             continue
@@ -357,9 +360,44 @@ def conversations(records: list[tuple[str, Any]], *, prefix: str = "",
     return out
 
 
-def _trace_steps(root: _Run, members: list[_Run], feedback: list[dict[str, Any]]) -> list[Step]:
+def _prompt_hints(members: list[_Run], registry: PromptRegistry | None
+                  ) -> tuple[dict[str, PromptVersion], tuple[str, ...]]:
+    """What the trace's prompt-template runs say, read as live capture reads a rendered
+    template: the version its metadata declares (``as_template`` or LangChain hub) for each
+    rendered system text, and the hashes of the templates rendered."""
+    explicit: dict[str, PromptVersion] = {}
+    rendered: list[str] = []
+    for r in members:
+        if r.run_type != "prompt":
+            continue
+        templates = _system_templates(r.raw.get("serialized"))
+        out = r.outputs.get("output", r.outputs)
+        if isinstance(out, Mapping) and out.get("lc") == 1 and isinstance(out.get("kwargs"), Mapping):
+            out = out["kwargs"]
+        systems: list[str] = []
+        if isinstance(out, Mapping) and isinstance(out.get("messages"), list):
+            systems = [m["content"] for m in messages(out["messages"], r.where, "outputs.output.messages")
+                       if m["role"] == "system"]
+        elif isinstance(out, Mapping) and isinstance(out.get("text"), str) and templates:
+            systems = [out["text"]]  # a StringPromptValue used as the system text
+        for i, text in enumerate(systems):
+            template = templates[i] if i < len(templates) else None
+            version = version_from_metadata(r.metadata, template, registry=registry)
+            if version is not None:
+                explicit[sha256_text(text)] = version
+            if template:
+                rendered.append(sha256_text(template))
+    return explicit, tuple(rendered)
+
+
+def _trace_steps(root: _Run, members: list[_Run], feedback: list[dict[str, Any]],
+                 registry: PromptRegistry | None) -> list[Step]:
     key = root.id
     llm_steps = {r.id: _llm_step(r, key) for r in members if r.run_type == "llm"}
+    explicit, rendered = _prompt_hints(members, registry)
+    for s in llm_steps.values():
+        if s is not None:
+            s.explicit, s.rendered = explicit, rendered
     steps: list[Step] = []
     if llm_steps:
         first = next((s for s in llm_steps.values() if s is not None), None)

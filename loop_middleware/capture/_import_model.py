@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import IngestError
 from ..privacy import Redactor
 from ..prompts import PromptRegistry, versions_in_messages
+from ..types import PromptVersion
 from ._import_read import note
 from ._messages import jsonable
 from ._writer import Row
@@ -46,6 +47,11 @@ class Step:
     """The export's id of the turn a user step opens (a trace or root run id)."""
     call_input: list[dict[str, Any]] | None = None
     """An LLM call's real input, when the export recorded it; else the history so far."""
+    explicit: dict[str, PromptVersion] = field(default_factory=dict)
+    """Prompt versions the export declares (a prompt run's metadata): hash of the rendered
+    system text -> version, as live capture collects them (see ``versions_in_messages``)."""
+    rendered: tuple[str, ...] = ()
+    """Hashes of the prompt templates rendered in the call's turn."""
     model: str | None = None
     provider: str | None = None
     input_tokens: int | None = None
@@ -278,7 +284,8 @@ def conversation_rows(conv: Conversation, ctx: ImportContext) -> tuple[list[Row]
             elif role == "assistant":
                 call_input = s.call_input if s.call_input is not None else list(history)
                 # Versions from the exact text (the prompt is the host's, not user data), then redact.
-                versions = versions_in_messages(call_input, registry=ctx.registry)
+                versions = versions_in_messages(call_input, registry=ctx.registry,
+                                                explicit=s.explicit or None, rendered=s.rendered)
                 for v in versions:
                     # once per conversation: each conversation's rows stand on their own
                     if v.sha256 not in seen_prompts:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langsmith._internal._serde import dumps_json
 from typer.testing import CliRunner
 
 from loop_middleware import IngestError, Store
@@ -228,3 +229,45 @@ def test_cli_import(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "skipped" in res.output
     res = runner.invoke(app, ["import", str(bad), "--db", str(db), "--format", "csv"])
     assert res.exit_code == 1 and "--format takes" in res.output
+
+
+def test_langsmith_prompt_runs_give_the_declared_prompt_version(tmp_path: Path) -> None:
+    """A prompt-template run's metadata (here LangChain hub's) names the version of the system
+    text it rendered: the import attributes the LLM call to it, as live capture does."""
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.tracers.langchain import LangChainTracer
+
+    from loop_middleware import LoopCallbackHandler
+    from tests._fakes import fake_model, reply
+    from tests.capture._import_sources import CapturingClient
+
+    template = ChatPromptTemplate.from_messages([
+        ("system", "You are the support agent for {product}. Answer in two sentences at most."),
+        ("human", "{question}"),
+    ])
+    template.metadata = {"lc_hub_owner": "acme", "lc_hub_repo": "support-system",
+                         "lc_hub_commit_hash": "0f1e2d3c"}
+    chain = template | fake_model(reply("Yes, we ship to Canada."))
+    client = CapturingClient()
+    live_url = f"sqlite:///{tmp_path / 'live.db'}"
+    handler = LoopCallbackHandler(live_url, emit_spans=False)
+    chain.invoke({"product": "Acme", "question": "Do you ship to Canada?"},
+                 config={"callbacks": [LangChainTracer(client=client, project_name="p"), handler],
+                         "metadata": {"thread_id": "hub-1"}})
+    handler.flush()
+    handler.close()
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([json.loads(dumps_json(r)) for r in client.captured.values()]),
+                    encoding="utf-8")
+    store = Store(f"sqlite:///{tmp_path / 'imported.db'}")
+    report = import_transcripts(store, path, format="langsmith")
+    assert report.skipped == [], report.skipped
+    imported = store.get_thread("hub-1")
+    live = reopen(live_url).get_thread("hub-1")
+    assert imported is not None and live is not None
+    [call] = imported.turns[0].llm_calls
+    [version] = call.prompt_versions
+    assert (version.name, version.git_commit) == ("acme/support-system", "0f1e2d3c")
+    assert version.text.startswith("You are the support agent for {product}.")
+    assert [v.sha256 for v in call.prompt_versions] == \
+        [v.sha256 for v in live.turns[0].llm_calls[0].prompt_versions]
