@@ -23,7 +23,8 @@ app = typer.Typer(
     name="loopmw",
     help=(
         "loop-middleware: a continuous improvement loop for LangChain/LangGraph agents.\n\n"
-        "Capture threads (LoopCallbackHandler / LoopMiddleware in your agent, or `loopmw ingest`); "
+        "Capture threads (LoopCallbackHandler / LoopMiddleware in your agent, `loopmw ingest`, "
+        "or `loopmw import` for past transcripts); "
         "`extract` intents and failure signals; `analyze` root causes; `propose` fixes as "
         "branches or pull requests; `measure` the next cohort; `report` it all as HTML. "
         "`demo` runs the whole loop offline on an example agent."
@@ -166,6 +167,66 @@ def ingest_cmd(
             err.print(f"  ... and {len(report.skipped) - 20} more")
     if failed:
         raise typer.Exit(code=1)
+
+
+@app.command("import")
+def import_cmd(
+    files: Annotated[list[Path], typer.Argument(help="JSON or JSON Lines files to import.")],
+    db: DbOption = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="auto (detect per file), openai, langsmith or langfuse.")] = "auto",
+    prompt: Annotated[list[Path] | None, typer.Option(
+        "--prompt", help="A prompt file of your agent (repeatable): system messages with its "
+        "text are tied to it (name, path, git commit) instead of a bare hash.")] = None,
+    thread_prefix: Annotated[str, typer.Option(help="Prepended to every imported thread id.")] = "",
+    max_message_chars: Annotated[int, typer.Option(
+        help="Skip a record with a message longer than this (0 = no limit).")] = 2_000_000,
+) -> None:
+    """Import conversation history as threads, so past transcripts are analysed like live
+    traffic. Formats (detected per file; **--format** says which when a file is ambiguous):
+
+    * **openai**: OpenAI-style message lists, one conversation per record: a list of messages
+    (system / user / assistant with `tool_calls` / tool), or an object with `messages` and
+    optional `id`, `created_at`, `user_id`, `metadata`, `feedback` (thumbs, score, comment) and
+    `outcome`.
+
+    * **langsmith**: LangSmith runs as `Client.list_runs()` returns them (llm, tool and chain
+    runs; threads from `thread_id` / `session_id` / `conversation_id` in the metadata;
+    `feedback_stats`), and feedback records.
+
+    * **langfuse**: Langfuse traces (`sessionId`, `userId`), observations (GENERATION, TOOL,
+    SPAN, ...) and scores as the public API returns them (API pages `{"data": [...]}` too).
+
+    A turn starts at each new user message; each assistant message is an LLM call, its tool
+    calls are paired with the tool results. System prompts are versioned by hash (pass
+    **--prompt** to tie them to your files), private data is redacted as in live capture. Bad
+    records are skipped with a message naming the record and field; importing the same file
+    again changes nothing."""
+    from .capture import import_transcripts
+    from .prompts import load_prompt
+
+    if fmt not in ("auto", "openai", "langsmith", "langfuse"):
+        _fail(LoopError("--format takes auto, openai, langsmith or langfuse"))
+    try:
+        store = _store(db, must_exist=False)
+        for p in prompt or []:
+            load_prompt(p)
+        bar, update = _progress_bar()
+        with bar:
+            report = import_transcripts(store, files, format=fmt,  # type: ignore[arg-type]
+                                        thread_prefix=thread_prefix,
+                                        max_message_chars=max_message_chars or None, progress=update)
+    except LoopError as exc:
+        _fail(exc)
+        return
+    for name, f in report.files.items():
+        console.print(f"{name}: read as {f}", highlight=False)
+    console.print(str(report), highlight=False)
+    for label, msgs in (("skipped", report.skipped), ("warning", report.warnings)):
+        for msg in msgs[:20]:
+            err.print(f"  [yellow]{label}[/] {msg}", highlight=False, markup=True)
+        if len(msgs) > 20:
+            err.print(f"  ... and {len(msgs) - 20} more {label} messages")
 
 
 @app.command("feedback")
