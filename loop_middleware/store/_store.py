@@ -34,6 +34,7 @@ from ..types import (
     ToolCall,
     Turn,
 )
+from ._aggregates import AggregateQueries
 from ._tables import (
     DiagnosisRow,
     FeedbackRow,
@@ -69,6 +70,8 @@ TABLES: dict[str, type[SQLModel]] = {
     "intent_assignment": IntentAssignmentRow,
     "diagnosis": DiagnosisRow,
     "fix": FixRow,
+    # small state written together with results (e.g. the intent model with its assignments)
+    "meta": MetaRow,
 }
 
 # Columns an upsert must not overwrite once set (the first sighting wins).
@@ -93,7 +96,7 @@ def _resolve_url(url: str | None) -> str:
     return url
 
 
-class Store:
+class Store(AggregateQueries):
     """Where captured threads and the loop's results live.
 
     Args:
