@@ -124,6 +124,9 @@ class ExtractionResult:
     """Work units run."""
     peak_worker_rss_mb: float = 0.0
     """The largest peak memory of a process that ran a unit (this one included when inline)."""
+    unit_costs: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per kind of unit: units run, threads they examined, seconds spent inside them (summed
+    over workers: the CPU cost to project from, not the wall time)."""
     store: Store | None = field(default=None, repr=False, compare=False)
     window: Window | None = field(default=None, repr=False, compare=False)
     _signals: list[Signal] | None = field(default=None, repr=False, compare=False)
@@ -210,6 +213,7 @@ class _Runner:
         self.embedder = embedder
         self.units = 0
         self.peak_rss_mb = 0.0
+        self.costs: dict[str, dict[str, float]] = {}
         if executor.parallel and store.dialect == "sqlite" and store.engine.url.database in (None, "", ":memory:"):
             raise ConfigError("workers need a store they can open: an in-memory SQLite database "
                               "is private to this process (use a file or PostgreSQL)")
@@ -231,6 +235,10 @@ class _Runner:
         reports = self.executor.map(fn, units, on_result=tick)
         self.units += len(units)
         self.peak_rss_mb = max([self.peak_rss_mb, *(r.peak_rss_mb for r in reports)])
+        cost = self.costs.setdefault(type(units[0]).__name__, {"units": 0, "threads": 0, "seconds": 0.0})
+        cost["units"] += len(units)
+        cost["threads"] += sum(r.threads for r in reports)
+        cost["seconds"] += sum(r.seconds for r in reports)
         return reports
 
 
@@ -624,6 +632,7 @@ def extract(
         executor=ex.name,
         units=runner.units,
         peak_worker_rss_mb=runner.peak_rss_mb,
+        unit_costs=runner.costs,
         store=store,
         window=window,
     )

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.extract_throughput import DATA, load_requests, populate
 from sqlalchemy import select
 
+from benchmarks.extract_throughput import DATA, load_requests, populate
 from loop_middleware import Store
 from loop_middleware.store._tables import MetaRow
 
