@@ -24,6 +24,7 @@ import logging
 import os
 import queue
 import shutil
+import socket
 import threading
 import time
 import weakref
@@ -33,6 +34,11 @@ from typing import Any
 
 from ..errors import StoreError
 from ..store import Store
+
+try:  # POSIX: the spool is shared by every process writing to the same store
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: one process per spool
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["BackgroundWriter", "WriterStats"]
 
@@ -184,10 +190,10 @@ class BackgroundWriter:
 
     @property
     def spool_files(self) -> list[Path]:
-        """The spool files on disk now (spool, overflow, and a replay in progress or deferred)."""
-        rotating = self._overflow_path.with_name(self._overflow_path.name + ".rotating")
-        paths = (self.spool_path, self._overflow_path, rotating, self._replay_path)
-        return [p for p in paths if p.exists()]
+        """The spool files on disk now: the shared spool and overflow, this process' replay in
+        progress (or deferred), and takes left by processes that died."""
+        paths = (self.spool_path, self._overflow_path, self._replay_path)
+        return [p for p in paths if p.exists()] + self._orphans()
 
     @property
     def pending_spool(self) -> bool:
@@ -281,8 +287,9 @@ class BackgroundWriter:
                     continue
                 self.stats.rejected += 1
                 try:
-                    self._append(self.spool_path.with_name(self.spool_path.name + ".rejected.jsonl"),
-                                 [row], sync=True)
+                    with self._shared_lock():
+                        self._append(self.spool_path.with_name(self.spool_path.name + ".rejected.jsonl"),
+                                     [row], sync=True)
                 except OSError as io_exc:
                     self._hold_in_memory([row], io_exc)
                 logger.error("loop-middleware: row of %s rejected by the store, kept in %s.rejected.jsonl: %s",
@@ -305,12 +312,19 @@ class BackgroundWriter:
             logger.exception("loop-middleware: record after close could not be saved")
 
     # --- the spool --------------------------------------------------------------------------
-    # Three files beside each other:
-    #   <spool>            written by the writer thread only (fsync'd per batch, no lock);
-    #   <spool>.overflow   appended by host threads when the queue is full (a short lock, no
-    #                      fsync: the writer fsyncs it in batches), so a host never waits on I/O
-    #                      another thread started;
-    #   <spool>.replaying  rows being (or failing to be) replayed into the store.
+    # Files beside each other, shared by every process that writes to the same store (the
+    # workers of one app use the same default spool):
+    #   <spool>                      appended by writer threads (fsync'd per batch);
+    #   <spool>.overflow             appended by host threads when the queue is full (no fsync:
+    #                                the writer fsyncs it in batches), so a host never waits on
+    #                                I/O another thread started;
+    #   <spool>.replaying.<host>.<pid>  this process' take of the spool: rows being (or failing
+    #                                to be) replayed into the store;
+    #   <spool>.lock                 a file lock (flock) held for each append and for the moves
+    #                                into a take, never while rows are written to the store.
+    # So no process appends to a file another one is replaying, and a take is only ever dropped
+    # by its owner, after its rows are in the store. The take of a process that died is adopted
+    # by the next writer that replays.
 
     @property
     def _overflow_path(self) -> Path:
@@ -318,7 +332,43 @@ class BackgroundWriter:
 
     @property
     def _replay_path(self) -> Path:
-        return self.spool_path.with_name(self.spool_path.name + ".replaying")
+        return self.spool_path.with_name(f"{self.spool_path.name}.replaying.{_owner()}")
+
+    def _orphans(self) -> list[Path]:
+        """Takes (and files of older versions) that no live process on this host replays."""
+        out = []
+        base = self.spool_path.name
+        legacy = [self.spool_path.with_name(base + ".replaying"),
+                  self._overflow_path.with_name(self._overflow_path.name + ".rotating")]
+        out += [p for p in legacy if p.exists()]
+        try:
+            takes = sorted(self.spool_path.parent.glob(base + ".replaying.*"))
+        except OSError:
+            return out
+        host = socket.gethostname()
+        for p in takes:
+            owner = p.name[len(base) + len(".replaying."):]
+            owner_host, _, pid = owner.rpartition(".")
+            if owner == _owner() or owner_host != host or not pid.isdigit():
+                continue  # ours, or another machine's (its own writer replays it)
+            if not _alive(int(pid)):
+                out.append(p)
+        return out
+
+    @contextlib.contextmanager
+    def _shared_lock(self) -> Any:
+        """The spool's cross-process lock (a no-op where flock does not exist)."""
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        path = self.spool_path.with_name(self.spool_path.name + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     @staticmethod
     def _append(path: Path, rows: list[Row], *, sync: bool) -> None:
@@ -331,9 +381,10 @@ class BackgroundWriter:
                 os.fsync(f.fileno())
 
     def _spool(self, rows: list[Row]) -> None:
-        """Writer thread: append rows to its own spool file, fsync'd."""
+        """Writer thread: append rows to the spool file, fsync'd."""
         try:
-            self._append(self.spool_path, rows, sync=True)
+            with self._shared_lock():
+                self._append(self.spool_path, rows, sync=True)
             self.stats.spooled += len(rows)
         except OSError as exc:
             self._hold_in_memory(rows, exc)
@@ -343,7 +394,8 @@ class BackgroundWriter:
         """Host thread: the queue is full; append to the overflow file (no fsync)."""
         with self._overflow_lock:
             try:
-                self._append(self._overflow_path, rows, sync=False)
+                with self._shared_lock():
+                    self._append(self._overflow_path, rows, sync=False)
                 self.stats.spooled += len(rows)
                 self._unsynced = True
             except OSError as exc:
@@ -379,14 +431,13 @@ class BackgroundWriter:
             return True
         self._last_retry = time.monotonic()
         replay = self._replay_path
-        rotating = self._overflow_path.with_name(self._overflow_path.name + ".rotating")
         try:
-            with self._overflow_lock:  # held only for a rename
-                if self._overflow_path.exists():
-                    os.replace(self._overflow_path, rotating)
-                    self._unsynced = False
-            for src in (self.spool_path, rotating):
-                if src.exists():
+            # Under both locks only for moving files: the rows go to the store afterwards.
+            with self._overflow_lock, self._shared_lock():
+                sources = [*self._orphans(), self.spool_path, self._overflow_path]
+                for src in sources:
+                    if not src.exists():
+                        continue
                     if replay.exists():  # an earlier replay failed: its rows stay first
                         with replay.open("ab") as dst, src.open("rb") as f:
                             shutil.copyfileobj(f, dst)
@@ -395,6 +446,7 @@ class BackgroundWriter:
                         src.unlink()
                     else:
                         os.replace(src, replay)
+                self._unsynced = False
         except OSError as exc:
             logger.error("loop-middleware: cannot rotate spool %s: %s", self.spool_path, exc)
             return False
@@ -441,6 +493,21 @@ class BackgroundWriter:
     def _restore_memory(self, memory: list[Row]) -> None:
         with self._memory_lock:
             self._memory_fallback[:0] = memory
+
+
+def _owner() -> str:
+    """This process, as named in its spool takes (the pid changes in a forked child)."""
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _json_default(value: Any) -> Any:

@@ -5,11 +5,23 @@ detector on them, embeds each thread's opening request with the local model and 
 intent. The first run discovers the intents; later runs assign new threads to the same intent ids
 (centroid similarity) and turn dense groups of unassigned threads into new intents (novelty), so
 cohorts stay comparable over time. Signals, intents and assignments go back into the store.
+
+The work is split into idempotent units over ranges of thread ids (:mod:`._units`) that an
+executor runs: here one after the other (the default), in ``workers`` local processes, or on Ray
+(``executor="ray"``). The driver only plans ranges, fits the intents on a fixed sample and
+decides novelty once; it never holds every thread, so memory stays flat in the store's size.
+The results do not depend on the executor: the same units, the same ranges, the same order.
+
+A run killed half way can simply be run again: units replace what they write, the committed
+intent model and the signal watermark only move once their stage is complete, and a first run
+(no model yet) starts from nothing again.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import logging
 import pickle
 import time
@@ -20,19 +32,36 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
+from sqlalchemy import func, select
 
-from .._perf import gc_paused
-from ..errors import ExtractionError
+from ..errors import ConfigError, ExtractionError
+from ..scale import Executor, executor_for
 from ..store import Store
+from ..store._tables import SignalRow, ThreadRow, TurnRow
 from ..types import Intent, Signal, Thread
 from ._embed import Embedder, TfidfEmbedder, default_embedder
-from ._intents import IntentModel, build_intent_model
-from ._signals import (
-    DetectionContext,
-    DetectorRegistry,
-    detect_signals,
-    latency_ms_of,
-    latency_threshold,
+from ._intents import IntentModel, build_intent_model, default_min_cluster_size
+from ._signals import DetectionContext, DetectorRegistry, latency_ms_of, latency_threshold
+from ._signals import default_registry as _default_registry
+from ._units import (
+    STAGED_MODEL_KEY,
+    TFIDF_KEY,
+    AssignUnit,
+    EmbedderSpec,
+    EmbedUnit,
+    PlaceUnit,
+    SignalUnit,
+    UnitReport,
+    Window,
+    WorkUnit,
+    count_unassigned,
+    plan_ranges,
+    reset_assignments,
+    run_unit,
+    sample_ids,
+    shard_key,
+    stage_model,
+    tfidf_from_store,
 )
 
 __all__ = [
@@ -48,39 +77,75 @@ logger = logging.getLogger("loop_middleware.extract")
 
 MODEL_KEY = "extract.intent_model"
 WATERMARK_KEY = "extract.watermark"
-TFIDF_KEY = "extract.tfidf_vocabulary"
+RUN_KEY = "extract.intent_run"
+"""An intent run in progress: how many threads it started with (its novelty threshold), so a
+run killed half way and run again decides novelty exactly as the uninterrupted one would."""
 MAX_OPENING_CHARS = 600
 """Opening requests are cut to this many characters before embedding (a pasted 4,000-token log
 says little about the intent beyond its first lines)."""
 
 FAST_FIT_SAMPLE = 2000
-"""In ``fast`` mode the first run discovers intents on this many openings (a fixed random
-sample) and places the others by nearest intent and novelty, as later runs do."""
-_CHUNK = 500
-"""Threads read and examined at a time (also keeps ``IN (...)`` lists short)."""
+"""In ``fast`` mode the first run discovers intents on this many openings (a fixed sample) and
+places the others by nearest intent and novelty, as later runs do."""
+DEFAULT_FIT_SAMPLE = 10_000
+"""In the other modes, the sample the intents are discovered on (the scale
+``benchmarks/intent_discovery.py`` measures; clustering memory grows with its square). Stores
+up to this size are clustered whole."""
+CHUNK = 500
+"""Threads per work unit (also keeps ``IN (...)`` lists short)."""
 
 Progress = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``: called while embedding and detecting."""
+"""``progress(stage, done, total)``: called as work units finish (threads done of total)."""
+Mode = Literal["default", "fast", "tfidf"]
 
 
 @dataclass
 class ExtractionResult:
-    """What one extraction run did and what the store now holds."""
+    """What one extraction run did and what the store now holds.
+
+    ``signals`` and ``assignments`` are read from the store when first used (on a big store
+    they are big; the run itself never holds them).
+    """
 
     threads_total: int
     """Threads in the store."""
     threads_processed: int
     """New or updated threads handled by this run."""
-    signals: list[Signal]
-    """The signals of the processed threads."""
     intents: list[Intent]
     """Every intent and sub-intent, with up-to-date sizes."""
-    assignments: dict[str, str | None]
-    """``thread_id -> intent id`` for every thread in the store."""
     new_intents: list[str] = field(default_factory=list)
     """Ids of intents created by this run (the first run: all of them)."""
     embedder: str = ""
     seconds: float = 0.0
+    signal_counts: dict[str, int] = field(default_factory=dict)
+    """Signals found by this run, by kind."""
+    executor: str = "inline"
+    units: int = 0
+    """Work units run."""
+    peak_worker_rss_mb: float = 0.0
+    """The largest peak memory of a process that ran a unit (this one included when inline)."""
+    unit_costs: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per kind of unit: units run, threads they examined, seconds spent inside them (summed
+    over workers: the CPU cost to project from, not the wall time)."""
+    store: Store | None = field(default=None, repr=False, compare=False)
+    window: Window | None = field(default=None, repr=False, compare=False)
+    _signals: list[Signal] | None = field(default=None, repr=False, compare=False)
+    _assignments: dict[str, str | None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def signals(self) -> list[Signal]:
+        """The stored signals of the threads this run processed (in thread order, then turn,
+        then kind)."""
+        if self._signals is None:
+            self._signals = [] if self.store is None else load_window_signals(self.store, self.window)
+        return self._signals
+
+    @property
+    def assignments(self) -> dict[str, str | None]:
+        """``thread_id -> intent id`` for every thread in the store."""
+        if self._assignments is None:
+            self._assignments = {} if self.store is None else self.store.load_assignments()
+        return self._assignments
 
     def share(self, intent_id: str) -> float:
         """The share of all assigned threads that belong to ``intent_id``."""
@@ -106,10 +171,7 @@ def opening_text(thread: Thread) -> str:
 def opening_texts(store: Store, thread_ids: Sequence[str] | None = None) -> dict[str, str]:
     """``thread_id -> opening request`` (as :func:`opening_text`) read straight from the turn
     table, without building whole threads."""
-    from sqlalchemy import select
-
     from ..capture._messages import clean_text
-    from ..store._tables import TurnRow
 
     t = TurnRow.__table__.c  # type: ignore[attr-defined]
     out: dict[str, str] = {}
@@ -129,47 +191,121 @@ def opening_texts(store: Store, thread_ids: Sequence[str] | None = None) -> dict
     return out
 
 
-def _utc(d: datetime) -> datetime:
-    return d if d.tzinfo is not None else d.replace(tzinfo=UTC)
-
-
-def _embed(embedder: Embedder, texts: Sequence[str], progress: Progress | None, batch: int = 512) -> Any:
-    parts = []
-    for i in range(0, len(texts), batch):
-        parts.append(embedder.embed(list(texts[i : i + batch])))
-        if progress:
-            progress("embedding", min(i + batch, len(texts)), len(texts))
-    if not parts:
-        return np.zeros((0, embedder.dim), dtype=np.float32)
-    return np.vstack(parts)
-
-
-def _threads_since(store: Store, since: datetime | None, strictly_after: bool) -> list[tuple[str, datetime | None]]:
-    """``(thread_id, updated_at)`` of the threads updated at (or strictly after) ``since``,
-    oldest first."""
-    rows = store.thread_index(since=since)
-    if strictly_after and since is not None:
-        # Strictly after the watermark: the newest thread of the last run is not redone.
-        rows = [(t, u) for t, u in rows if u is None or _utc(u) > _utc(since)]
-    return rows
-
-
-def _turn_latencies(store: Store, thread_ids: Sequence[str]) -> list[float | None]:
-    """Every turn's latency (as ``turn_latency_ms``) in these threads, from the turn table
-    alone: the batch statistic the latency detector needs before any thread is examined."""
-    from sqlalchemy import select
-
-    from ..store._tables import TurnRow
-
-    c = TurnRow.__table__.c  # type: ignore[attr-defined]
-    out: list[float | None] = []
+def load_window_signals(store: Store, window: Window | None) -> list[Signal]:
+    """The stored signals of the threads in ``window``."""
+    sg, th = SignalRow.__table__.c, ThreadRow.__table__.c  # type: ignore[attr-defined]
+    q = (select(sg.payload).join(ThreadRow.__table__, th.thread_id == sg.thread_id)  # type: ignore[attr-defined]
+         .where((window or Window()).clause())
+         .order_by(th.created_at, th.thread_id, sg.turn_index, sg.kind, sg.id))
     with store.engine.connect() as conn:
-        for i in range(0, len(thread_ids), _CHUNK):
-            q = select(c.latency_ms, c.started_at, c.ended_at).where(
-                c.thread_id.in_(thread_ids[i : i + _CHUNK]))
-            for lat, started, ended in conn.execute(q):
-                out.append(latency_ms_of(lat, started, ended))
-    return out
+        return [Signal.model_validate(r[0]) for r in conn.execute(q)]
+
+
+# --- running units ------------------------------------------------------------------------------
+
+
+class _Runner:
+    """Runs units on an executor: inline ones with the driver's own store and embedder."""
+
+    def __init__(self, store: Store, executor: Executor, embedder: Embedder | None,
+                 progress: Progress | None) -> None:
+        self.store, self.executor, self.progress = store, executor, progress
+        self.embedder = embedder
+        self.units = 0
+        self.peak_rss_mb = 0.0
+        self.costs: dict[str, dict[str, float]] = {}
+        if executor.parallel and store.dialect == "sqlite" and store.engine.url.database in (None, "", ":memory:"):
+            raise ConfigError("workers need a store they can open: an in-memory SQLite database "
+                              "is private to this process (use a file or PostgreSQL)")
+
+    def map(self, units: Sequence[WorkUnit], stage: str, total: int | None = None) -> list[UnitReport]:
+        if not units:
+            return []
+        if self.executor.parallel:
+            fn: Callable[[WorkUnit], UnitReport] = run_unit
+        else:
+            fn = functools.partial(run_unit, store=self.store, embedder=self.embedder)
+        done = [0]
+
+        def tick(_i: int, report: UnitReport) -> None:
+            done[0] += report.threads
+            if self.progress:
+                self.progress(stage, done[0], max(done[0], total or 0))
+
+        reports = self.executor.map(fn, units, on_result=tick)
+        self.units += len(units)
+        self.peak_rss_mb = max([self.peak_rss_mb, *(r.peak_rss_mb for r in reports)])
+        cost = self.costs.setdefault(type(units[0]).__name__, {"units": 0, "threads": 0, "seconds": 0.0})
+        cost["units"] += len(units)
+        cost["threads"] += sum(r.threads for r in reports)
+        cost["seconds"] += sum(r.seconds for r in reports)
+        return reports
+
+
+def _check_picklable(what: str, value: Any) -> None:
+    try:
+        pickle.dumps(value)
+    except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing
+        raise ConfigError(f"{what} cannot be sent to worker processes ({exc}); define detectors "
+                          "and embedders at module level, or run with workers=1") from None
+
+
+# --- signals ------------------------------------------------------------------------------------
+
+
+def _window_latencies(store: Store, window: Window) -> list[float | None]:
+    """Every turn latency (as ``turn_latency_ms``) of the threads in ``window``, from the turn
+    table alone: the batch statistic the latency detector needs before any thread is examined."""
+    c, th = TurnRow.__table__.c, ThreadRow.__table__  # type: ignore[attr-defined]
+    q = (select(c.latency_ms, c.started_at, c.ended_at)
+         .join(th, th.c.thread_id == c.thread_id).where(window.clause()))
+    with store.engine.connect() as conn:
+        return [latency_ms_of(lat, s, e) for lat, s, e in conn.execute(q)]
+
+
+def _signals_stage(
+    store: Store, since: datetime | None, runner: _Runner, *, registry: DetectorRegistry | None,
+    context: DetectionContext | None, chunk: int, collect: bool,
+) -> tuple[int, dict[str, int], list[Signal] | None, Window]:
+    strict = False
+    if since is None:
+        mark = store.get_meta(WATERMARK_KEY)
+        since = datetime.fromisoformat(mark) if mark else None
+        strict = since is not None  # the newest thread of the last run is not redone
+    th = ThreadRow.__table__.c  # type: ignore[attr-defined]
+    probe = Window(since, strict)
+    with store.engine.connect() as conn:
+        until = conn.execute(select(func.max(th.updated_at)).where(probe.clause())).scalar()
+        total = int(conn.execute(select(func.count()).select_from(ThreadRow.__table__)  # type: ignore[attr-defined]
+                                 .where(probe.clause())).scalar() or 0)
+    # The window ends at the newest update seen now: a thread updated while the run goes is
+    # left whole to the next run, and the watermark is exactly where this run ended.
+    window = Window(since, strict, until)
+    reg = _default_registry if registry is None else registry
+    ctx = DetectionContext() if context is None else context
+    if total and ctx.latency_threshold_ms is None:
+        threshold = latency_threshold(_window_latencies(store, window), z=ctx.latency_z,
+                                      min_samples=ctx.latency_min_samples)
+        if threshold is not None:
+            ctx = replace(ctx, latency_threshold_ms=threshold)
+    if runner.executor.parallel:
+        _check_picklable("the detector registry", reg)
+        _check_picklable("the detection context", ctx)
+    units = [SignalUnit(store.url, r, window, reg, ctx, collect)
+             for r in plan_ranges(store, "signals", chunk, window)]
+    reports = runner.map(units, "signals", total)
+    kinds: Counter[str] = Counter()
+    for rep in reports:
+        kinds.update(rep.kinds)
+    signals: list[Signal] | None = None
+    if collect:
+        # Units run in thread-id order; results come back in thread order, as one batch would.
+        position = {t: i for i, (t, _) in enumerate(store.thread_index(since=since))}
+        found = [s for rep in reports for s in rep.signals or []]
+        signals = sorted(found, key=lambda s: position.get(s.thread_id, len(position)))
+    if until is not None:
+        store.set_meta(WATERMARK_KEY, until.isoformat())
+    return sum(r.threads for r in reports), dict(kinds), signals, window
 
 
 def extract_signals(
@@ -179,161 +315,267 @@ def extract_signals(
     registry: DetectorRegistry | None = None,
     context: DetectionContext | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
+    executor: Executor | str | None = None,
+    chunk_size: int = CHUNK,
 ) -> tuple[int, list[Signal]]:
     """Detect failure signals in the threads updated since ``since`` (default: since the last
     run) and store them, replacing those threads' earlier signals.
 
-    Threads are read, examined and their signals saved in chunks of a few hundred: memory stays
-    flat on a store of any size, and (in CPython) the cyclic garbage collector does not walk an
-    ever-growing heap of loaded messages, which otherwise costs more than the detectors
-    themselves. The batch statistic (the latency outlier threshold) is computed over *all* the
-    threads first, from the turn table, so results equal :func:`detect_signals` on the whole
-    batch.
+    Threads are read, examined and their signals saved in units of ``chunk_size`` threads:
+    memory stays flat on a store of any size, and (in CPython) the cyclic garbage collector does
+    not walk an ever-growing heap of loaded messages, which otherwise costs more than the
+    detectors themselves. The batch statistic (the latency outlier threshold) is computed over
+    *all* the threads first, from the turn table, so results equal :func:`detect_signals` on the
+    whole batch, whatever executor runs the units.
+
+    Args:
+        workers: Local worker processes (see :func:`extract`).
+        executor: An :class:`~loop_middleware.scale.Executor`, or ``"ray"``.
 
     Returns:
-        (threads processed, their signals).
+        (threads processed, their signals in thread order).
     """
-    after_mark = False
-    if since is None:
-        mark = store.get_meta(WATERMARK_KEY)
-        since = datetime.fromisoformat(mark) if mark else None
-        after_mark = since is not None
-    index = _threads_since(store, since, after_mark)
-    ids = [t for t, _ in index]
-    # The watermark is the newest update seen, so the next run starts where this one ended.
-    newest = max((u for _, u in index if u is not None), default=None)
-    ctx = DetectionContext() if context is None else context
-    if ids and ctx.latency_threshold_ms is None:
-        threshold = latency_threshold(_turn_latencies(store, ids), z=ctx.latency_z,
-                                      min_samples=ctx.latency_min_samples)
-        if threshold is not None:
-            ctx = replace(ctx, latency_threshold_ms=threshold)
-    signals: list[Signal] = []
-    processed = 0
-    for i in range(0, len(ids), _CHUNK):
-        chunk = ids[i : i + _CHUNK]
-        threads = store.list_threads(thread_ids=chunk)
-        with gc_paused():  # detectors build many small acyclic objects (see gc_paused)
-            found = detect_signals(threads, registry=registry, context=ctx)
-        # Every id of the chunk, loaded or not: a thread that lost its turns loses its signals.
-        store.save_signals(chunk, found)
-        signals.extend(found)
-        processed += len(threads)
-        if progress:
-            progress("signals", min(i + _CHUNK, len(ids)), len(ids))
-    if newest is not None:
-        store.set_meta(WATERMARK_KEY, newest.isoformat())
-    return processed, signals
+    ex, owned = executor_for(workers, executor)
+    try:
+        runner = _Runner(store, ex, None, progress)
+        n, _kinds, signals, _window = _signals_stage(store, since, runner, registry=registry,
+                                                     context=context, chunk=chunk_size, collect=True)
+    finally:
+        if owned:
+            ex.close()
+    return n, signals or []
 
 
-def _fitted_tfidf(
-    store: Store, emb: TfidfEmbedder, openings: dict[str, str], model: IntentModel | None
-) -> IntentModel | None:
-    """TF-IDF has no pretrained vocabulary: reuse the one the stored intents were built with
-    (so ids stay stable across runs), or fit a new one on every opening request (and then the
-    intents are rediscovered)."""
-    blob = store.get_meta(TFIDF_KEY) if model is not None else None
-    if blob:
-        # Our own store's data, written by the branch below.
-        emb._pipeline = pickle.loads(base64.b64decode(blob))
-        emb._dim = int(emb._pipeline.steps[1][1].n_components)
-        if emb.dim == model.dim:  # type: ignore[union-attr]
-            return model
-    texts = [t for t in openings.values() if t]
-    if len(texts) < 2:
-        return model  # nothing to learn a vocabulary from (and nothing to assign)
+# --- intents ------------------------------------------------------------------------------------
+
+
+def _fit_sample(store: Store, k: int) -> tuple[list[str], list[str]]:
+    """``(ids, openings)`` of the intent-discovery sample: the ``k`` threads with an opening
+    request and the smallest :func:`~._units.shard_key`, in thread order (the whole store, in
+    thread order, when it has at most ``k``). Streams the thread ids: holds about ``2k``."""
+    th = ThreadRow.__table__.c  # type: ignore[attr-defined]
+    want = 2 * k
+    while True:
+        with store.engine.connect() as conn:
+            rows = conn.execution_options(stream_results=True, yield_per=20_000).execute(
+                select(th.thread_id).order_by(th.created_at, th.thread_id))
+            picked = sample_ids((r[0] for r in rows), want)
+        openings = opening_texts(store, picked)
+        by_hash = sorted((t for t in picked if openings.get(t)), key=shard_key)[:k]
+        if len(by_hash) >= k or len(picked) < want:
+            chosen = set(by_hash)
+            ids = [t for t in picked if t in chosen]
+            return ids, [openings[t] for t in ids]
+        want *= 2  # many threads without an opening: look further
+
+
+def _embed_ids(runner: _Runner, spec: EmbedderSpec, ids: Sequence[str], chunk: int
+               ) -> tuple[list[str], Any]:
+    """Embed the openings of ``ids`` in units; ``(ids that had one, vectors)`` in ``ids`` order."""
+    units = [EmbedUnit(runner.store.url, tuple(ids[i : i + chunk]), spec)
+             for i in range(0, len(ids), chunk)]
+    reports = runner.map(units, "embedding", len(ids))
+    keep = [t for rep in reports for t in rep.vectors[0]]
+    parts = [rep.vectors[1] for rep in reports if len(rep.vectors[0])]
+    return keep, (np.vstack(parts) if parts else np.zeros((0, 1), dtype=np.float32))
+
+
+def _pairs(top: Sequence[str | None], leaf: Sequence[str | None]) -> list[tuple[str | None, str | None]]:
+    return [(a, b if b != a else None) for a, b in zip(top, leaf, strict=True)]
+
+
+def _fit_tfidf(store: Store, emb: TfidfEmbedder, texts: list[str]) -> str:
+    """Fit TF-IDF on the sample's openings and save the vocabulary (workers and later runs read
+    it, so ids stay stable); returns its digest."""
     emb.fit(texts)
-    store.set_meta(TFIDF_KEY, base64.b64encode(pickle.dumps(emb._pipeline)).decode("ascii"))
-    return None
+    blob = base64.b64encode(pickle.dumps(emb._pipeline)).decode("ascii")
+    store.set_meta(TFIDF_KEY, blob)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def assign_intents(
-    store: Store,
-    *,
-    mode: Literal["default", "fast", "tfidf"] = "default",
-    embedder: Embedder | None = None,
-    rebuild: bool = False,
-    progress: Progress | None = None,
-    min_cluster_size: int | None = None,
-) -> tuple[list[Intent], dict[str, str | None], list[str], str]:
-    """Give every unassigned thread an intent: discover the intents on the first run (or with
-    ``rebuild``), else assign to the stored intents and turn dense unassigned groups into new
-    ones. Ids never change once given.
-
-    Returns:
-        (all intents with sizes, ``thread_id -> intent id`` for all threads, new intent ids,
-        embedder name).
-    """
+def _intents_stage(
+    store: Store, runner: _Runner, *, mode: Mode, embedder: Embedder | None, rebuild: bool,
+    min_cluster_size: int | None, chunk: int, fit_sample: int | None,
+) -> tuple[list[Intent], list[str], str]:
     emb = embedder or default_embedder(mode)
     emb_name = getattr(emb, "name", type(emb).__name__)
     stored_model = None if rebuild else store.get_meta(MODEL_KEY)
-    known = {} if rebuild else store.load_assignments()
     model: IntentModel | None = None
     if stored_model is not None:
         model = IntentModel.from_dict(stored_model)
         if model.embedder_name != emb_name:
             logger.warning("intent model was built with %s, now embedding with %s: rediscovering",
                            model.embedder_name, emb_name)
-            model, known = None, {}
-    if isinstance(emb, TfidfEmbedder) and emb._pipeline is None:
-        model = _fitted_tfidf(store, emb, opening_texts(store), model)
-        if model is None:
-            known = {}
-    # Only the openings of unassigned threads are read (not whole threads): cheap on big stores.
-    todo_ids = [t for t in store.thread_ids() if t not in known]
-    openings = opening_texts(store, todo_ids) if todo_ids else {}
-    todo = [t for t in todo_ids if openings.get(t)]
-    texts = [openings[t] for t in todo]
-    new_ids: list[str] = []
-    if model is None and len(texts) < 2:
-        # Too few threads to discover intents from yet: they wait for the next run.
-        return [], store.load_assignments(), [], emb_name
-    try:
-        vectors = _embed(emb, texts, progress)
-        if model is None:
-            if len(texts) >= 2:
-                model, top = build_intent_model(
-                    texts, embedder=emb, embeddings=vectors, min_cluster_size=min_cluster_size,
-                    fit_sample=FAST_FIT_SAMPLE if mode == "fast" else None)
-                new_ids = [r.id for r in model.records]
-            else:
-                top = [None] * len(texts)
+            model = None
+    # TF-IDF has no pretrained vocabulary: reuse the one the stored intents were built with (so
+    # ids stay stable across runs), or fit a new one on the sample (and rediscover the intents).
+    tfidf = isinstance(emb, TfidfEmbedder) and emb._pipeline is None
+    digest: str | None = None
+    if tfidf and model is not None:
+        known = tfidf_from_store(store)
+        if known is not None and known.dim == model.dim:
+            emb = known
+            digest = hashlib.sha256(store.get_meta(TFIDF_KEY).encode()).hexdigest()
         else:
-            before = {r.id for r in model.records}
-            top = model.update(texts, vectors, embedder=emb)
-            new_ids = [r.id for r in model.records if r.id not in before]
-        leaf = model.assign(vectors, level="leaf") if model is not None and len(texts) else top
-    except ExtractionError:
-        raise
-    except Exception as exc:
-        raise ExtractionError(f"intent discovery failed on {len(texts)} threads: {exc}") from exc
-    store.save_assignments(
-        {t: (a, b if b != a else None) for t, a, b in zip(todo, top, leaf, strict=True)}
-    )
-    all_assignments = store.load_assignments()
-    intents: list[Intent] = []
-    if model is not None:
-        sizes = Counter(all_assignments.values())
-        sub_sizes = Counter(store.load_assignments(leaf=True).values())
-        for rec in model.records:
-            rec.size = sizes.get(rec.id, 0) if rec.parent_id is None else sub_sizes.get(rec.id, 0)
-        intents = model.intents()
-        store.set_meta(MODEL_KEY, model.to_dict())
-        store.save_intents(intents)
-    return intents, all_assignments, new_ids, emb_name
+            model = None
+    sample = fit_sample or (FAST_FIT_SAMPLE if mode == "fast" else DEFAULT_FIT_SAMPLE)
+    if sample < 2:
+        raise ConfigError(f"fit_sample must be at least 2, got {fit_sample!r}")
+    runner.embedder = emb
+    spec = (EmbedderSpec(mode="tfidf", tfidf_digest=digest) if tfidf
+            else EmbedderSpec(mode=mode, embedder=embedder))
+    if runner.executor.parallel and embedder is not None and not tfidf:
+        _check_picklable("the embedder", embedder)
+    new_ids: list[str] = []
+    first = model is None
+    if model is None:
+        ids, texts = _fit_sample(store, sample)
+        if len(texts) < 2:
+            return [], [], emb_name  # too few threads to discover intents from yet: they wait
+        if tfidf:
+            assert isinstance(emb, TfidfEmbedder)
+            digest = _fit_tfidf(store, emb, texts)
+            spec = EmbedderSpec(mode="tfidf", tfidf_digest=digest)
+        keep, vectors = _embed_ids(runner, spec, ids, chunk)
+        openings = dict(zip(ids, texts, strict=True))
+        texts = [openings[t] for t in keep]
+        try:
+            model, top = build_intent_model(texts, embedder=emb, embeddings=vectors,
+                                            min_cluster_size=min_cluster_size)
+        except ExtractionError:
+            raise
+        except Exception as exc:
+            raise ExtractionError(f"intent discovery failed on {len(texts)} threads: {exc}") from exc
+        leaf = model.assign(vectors, level="leaf")
+        reset_assignments(store, MODEL_KEY)
+        store.save_assignments(dict(zip(keep, _pairs(top, leaf), strict=True)))
+        new_ids = [r.id for r in model.records]
+    # Novelty is judged against the run's size (a handful of similar leftovers is an intent in
+    # a small batch, noise in a big one); a resumed run keeps the size it started with.
+    todo = count_unassigned(store)
+    marker = store.get_meta(RUN_KEY) if not first else None
+    if isinstance(marker, dict) and marker.get("todo") is not None:
+        todo = int(marker["todo"])
+    else:
+        store.set_meta(RUN_KEY, {"todo": todo})
+    ranges = plan_ranges(store, "intents", chunk)
+    leftovers: list[str] = []
+    if ranges:
+        token = stage_model(store, model)
+        reports = runner.map([AssignUnit(store.url, r, spec, token) for r in ranges], "intents", todo)
+        leftovers = [t for rep in reports for t in rep.leftovers]
+    rows: dict[str, tuple[str | None, str | None]] = {}
+    rest: list[str] = []
+    fresh: list[str] = []
+    if leftovers:
+        mcs = model.min_cluster_size or default_min_cluster_size(todo)
+        chosen = leftovers
+        if len(leftovers) > sample:
+            # Discover new intents on a fixed sample of the leftovers, place the rest below; the
+            # smallest group is scaled to the sample so density means the same thing.
+            chosen = sample_ids(leftovers, sample)
+            mcs = max(3, round(mcs * sample / len(leftovers)))
+        keep, vectors = _embed_ids(runner, spec, chosen, chunk)
+        openings = opening_texts(store, keep)
+        before = {r.id for r in model.records}
+        saved_mcs, model.min_cluster_size = model.min_cluster_size, mcs
+        try:
+            top = model.update([openings[t] for t in keep], vectors, embedder=emb)
+        except ExtractionError:
+            raise
+        except Exception as exc:
+            raise ExtractionError(f"intent novelty failed on {len(keep)} threads: {exc}") from exc
+        finally:
+            model.min_cluster_size = saved_mcs
+        leaf = model.assign(vectors, level="leaf")
+        rows = dict(zip(keep, _pairs(top, leaf), strict=True))
+        fresh = [r.id for r in model.records if r.id not in before and r.parent_id is None]
+        new_ids += [r.id for r in model.records if r.id not in before]
+        placed = set(keep)
+        rest = [t for t in leftovers if t not in placed]
+    # One transaction: the run's novelty assignments and the model that names their intents.
+    store.write_rows([
+        *(("intent_assignment", {"thread_id": t, "intent_id": a, "sub_intent_id": b})
+          for t, (a, b) in rows.items()),
+        ("meta", {"key": MODEL_KEY, "value": model.to_dict(), "updated_at": datetime.now(UTC)}),
+    ])
+    if rest:
+        if fresh:
+            token = stage_model(store, model)
+            runner.map([PlaceUnit(store.url, tuple(rest[i : i + chunk]), spec, token, tuple(fresh))
+                        for i in range(0, len(rest), chunk)], "intents", len(rest))
+        else:
+            store.save_assignments({t: (None, None) for t in rest})
+    sizes = store.intent_sizes()
+    sub_sizes = store.intent_sizes(leaf=True)
+    for rec in model.records:
+        rec.size = sizes.get(rec.id, 0) if rec.parent_id is None else sub_sizes.get(rec.id, 0)
+    intents = model.intents()
+    store.set_meta(MODEL_KEY, model.to_dict())
+    store.save_intents(intents)
+    _clear_meta(store, RUN_KEY, STAGED_MODEL_KEY)
+    return intents, new_ids, emb_name
+
+
+def _clear_meta(store: Store, *keys: str) -> None:
+    from sqlalchemy import delete
+
+    from ..store._tables import MetaRow
+
+    m = MetaRow.__table__  # type: ignore[attr-defined]
+    with store.engine.begin() as conn:
+        conn.execute(delete(m).where(m.c.key.in_(keys)))
+
+
+def assign_intents(
+    store: Store,
+    *,
+    mode: Mode = "default",
+    embedder: Embedder | None = None,
+    rebuild: bool = False,
+    progress: Progress | None = None,
+    min_cluster_size: int | None = None,
+    workers: int | None = None,
+    executor: Executor | str | None = None,
+    chunk_size: int = CHUNK,
+    fit_sample: int | None = None,
+) -> tuple[list[Intent], dict[str, str | None], list[str], str]:
+    """Give every unassigned thread an intent: discover the intents on the first run (or with
+    ``rebuild``), else assign to the stored intents and turn dense unassigned groups into new
+    ones. Ids never change once given. Arguments as :func:`extract`.
+
+    Returns:
+        (all intents with sizes, ``thread_id -> intent id`` for all threads, new intent ids,
+        embedder name).
+    """
+    ex, owned = executor_for(workers, executor)
+    try:
+        runner = _Runner(store, ex, embedder, progress)
+        intents, new_ids, emb_name = _intents_stage(
+            store, runner, mode=mode, embedder=embedder, rebuild=rebuild,
+            min_cluster_size=min_cluster_size, chunk=chunk_size, fit_sample=fit_sample)
+    finally:
+        if owned:
+            ex.close()
+    return intents, store.load_assignments(), new_ids, emb_name
 
 
 def extract(
     store: Store,
     since: datetime | None = None,
     *,
-    mode: Literal["default", "fast", "tfidf"] = "default",
+    mode: Mode = "default",
     embedder: Embedder | None = None,
     registry: DetectorRegistry | None = None,
     context: DetectionContext | None = None,
     rebuild: bool = False,
     progress: Progress | None = None,
     min_cluster_size: int | None = None,
+    workers: int | None = None,
+    executor: Executor | str | None = None,
+    chunk_size: int = CHUNK,
+    fit_sample: int | None = None,
 ) -> ExtractionResult:
     """Extract failure signals and intents for the threads captured since the last run.
 
@@ -345,31 +587,52 @@ def extract(
             and intents discovered on a sample of :data:`FAST_FIT_SAMPLE` openings), or
             ``tfidf`` (no model needed). When ``embedder`` is given it replaces the mode's
             model (the ``fast`` sample still applies).
-        embedder: Any :class:`Embedder` (e.g. wrapping a LangChain ``Embeddings``).
-        registry: Signal detectors to run (default: the built-ins plus any you registered).
+        embedder: Any :class:`Embedder` (e.g. wrapping a LangChain ``Embeddings``); with
+            workers it must pickle.
+        registry: Signal detectors to run (default: the built-ins plus any you registered);
+            with workers they must be importable module-level functions.
         context: Detector settings.
         rebuild: Forget the stored intents and rediscover them from every thread.
-        progress: Called with ``(stage, done, total)`` during long steps.
+        progress: Called with ``(stage, done, total)`` as work units finish.
         min_cluster_size: Smallest group that becomes an intent (default: scaled to the data).
+        workers: Run the work units in this many local processes (``spawn``-ed; each opens
+            the store from its URL, so SQLite needs a file). ``None``/1: in this process.
+        executor: An :class:`~loop_middleware.scale.Executor` (e.g. ``RayExecutor(address=...)``)
+            or ``"ray"`` (a local Ray with ``workers`` CPUs); overrides ``workers``.
+        chunk_size: Threads per work unit.
+        fit_sample: Openings the first run discovers intents on (default
+            :data:`FAST_FIT_SAMPLE` in ``fast`` mode, else :data:`DEFAULT_FIT_SAMPLE`).
 
     Raises:
         ExtractionError: Embedding or clustering failed.
         StoreError: The store cannot be read or written.
+        ConfigError: The executor cannot run these detectors/embedder (they do not pickle).
     """
     t0 = time.perf_counter()
-    processed, signals = extract_signals(store, since, registry=registry, context=context,
-                                         progress=progress)
-    intents, assignments, new_ids, emb_name = assign_intents(
-        store, mode=mode, embedder=embedder, rebuild=rebuild, progress=progress,
-        min_cluster_size=min_cluster_size,
-    )
+    ex, owned = executor_for(workers, executor)
+    try:
+        runner = _Runner(store, ex, embedder, progress)
+        processed, kinds, _, window = _signals_stage(store, since, runner, registry=registry,
+                                                     context=context, chunk=chunk_size,
+                                                     collect=False)
+        intents, new_ids, emb_name = _intents_stage(
+            store, runner, mode=mode, embedder=embedder, rebuild=rebuild,
+            min_cluster_size=min_cluster_size, chunk=chunk_size, fit_sample=fit_sample)
+    finally:
+        if owned:
+            ex.close()
     return ExtractionResult(
         threads_total=store.count_threads(),
         threads_processed=processed,
-        signals=signals,
         intents=intents,
-        assignments=assignments,
         new_intents=new_ids,
         embedder=emb_name,
         seconds=time.perf_counter() - t0,
+        signal_counts=kinds,
+        executor=ex.name,
+        units=runner.units,
+        peak_worker_rss_mb=runner.peak_rss_mb,
+        unit_costs=runner.costs,
+        store=store,
+        window=window,
     )

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import Text, cast, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError, SQLAlchemyError
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from .._perf import gc_paused
 from .._text import storable
@@ -34,6 +34,7 @@ from ..types import (
     ToolCall,
     Turn,
 )
+from ._aggregates import AggregateQueries
 from ._tables import (
     DiagnosisRow,
     FeedbackRow,
@@ -48,6 +49,7 @@ from ._tables import (
     ToolCallRow,
     TurnRow,
 )
+from ._upsert import TABLE_ORDER, TABLES, merge_row, pk_key, upsert
 
 __all__ = ["DEFAULT_URL", "Store"]
 
@@ -56,29 +58,6 @@ logger = logging.getLogger("loop_middleware.store")
 _DATA_ERRORS = (DataError, IntegrityError, ProgrammingError)
 
 DEFAULT_URL = "sqlite:///loop.db"
-
-TABLES: dict[str, type[SQLModel]] = {
-    "thread": ThreadRow,
-    "turn": TurnRow,
-    "llm_call": LLMCallRow,
-    "tool_call": ToolCallRow,
-    "prompt_version": PromptVersionRow,
-    "feedback": FeedbackRow,
-    "signal": SignalRow,
-    "intent": IntentRow,
-    "intent_assignment": IntentAssignmentRow,
-    "diagnosis": DiagnosisRow,
-    "fix": FixRow,
-}
-
-# Columns an upsert must not overwrite once set (the first sighting wins).
-_KEEP_FIRST = {
-    "thread": {"created_at", "source"},
-    "prompt_version": {"first_seen"},
-    # when a root cause was first diagnosed / a fix first proposed: kept across re-saves
-    "diagnosis": {"created_at"},
-    "fix": {"created_at"},
-}
 
 
 def _now() -> datetime:
@@ -93,7 +72,7 @@ def _resolve_url(url: str | None) -> str:
     return url
 
 
-class Store:
+class Store(AggregateQueries):
     """Where captured threads and the loop's results live.
 
     Args:
@@ -186,19 +165,16 @@ class Store:
             values = {k: v if isinstance(v, datetime) else storable(v) for k, v in values.items()}
             pk = tuple(values[c.name] for c in model.__table__.primary_key.columns)  # type: ignore[attr-defined]
             prev = by_table[table].get(pk)
-            # Later events of the same row (turn start, then turn end) complete earlier ones,
-            # except columns where the first sighting wins.
-            if prev:
-                keep = _KEEP_FIRST.get(table, set())
-                merged = {**prev, **values}
-                merged.update({c: prev[c] for c in keep if prev.get(c) is not None})
-                by_table[table][pk] = merged
-            else:
-                by_table[table][pk] = dict(values)
+            # Later events of the same row (turn start, then turn end) complete earlier ones.
+            by_table[table][pk] = merge_row(table, prev, values) if prev else dict(values)
         try:
             with self.engine.begin() as conn:
-                for table, pk_rows in by_table.items():
-                    self._upsert(conn, table, list(pk_rows.values()))
+                # Tables in a fixed order, rows by primary key: concurrent writers (several
+                # processes of one app) then lock shared rows in the same order and never
+                # deadlock each other.
+                for table in sorted(by_table, key=TABLE_ORDER.__getitem__):
+                    pk_rows = by_table[table]
+                    self._upsert(conn, table, [pk_rows[k] for k in sorted(pk_rows, key=pk_key)])
         except (DBAPIError, OSError) as exc:
             # The database is unreachable, locked or out of space: worth retrying later.
             raise StoreError(f"write to {self.safe_url} failed: {exc.__class__.__name__}: {exc}",
@@ -209,39 +185,7 @@ class Store:
                              transient=False) from exc
 
     def _upsert(self, conn: Any, table: str, rows: list[dict[str, Any]]) -> None:
-        model = TABLES[table]
-        sa_table = model.__table__  # type: ignore[attr-defined]
-        pk_cols = [c.name for c in sa_table.primary_key.columns]
-        keep = _KEEP_FIRST.get(table, set())
-        # Group rows by their column set: one multi-row statement per shape.
-        shapes: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
-        for r in rows:
-            shapes[frozenset(r)].append(r)
-        for cols, group in shapes.items():
-            if self.dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-                stmt: Any = pg_insert(sa_table)
-            elif self.dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-                stmt = sqlite_insert(sa_table)
-            else:  # any other database: slower, portable merge
-                with Session(bind=conn) as s:
-                    for r in group:
-                        s.merge(model(**r))
-                    s.flush()
-                continue
-            update = {c: stmt.excluded[c] for c in cols if c not in pk_cols and c not in keep}
-            stmt = (
-                stmt.on_conflict_do_update(index_elements=pk_cols, set_=update)
-                if update
-                else stmt.on_conflict_do_nothing(index_elements=pk_cols)
-            )
-            # executemany of one cached statement: a multi-row VALUES statement would be
-            # compiled anew for every batch (its shape changes with the row count), which cost
-            # more than the insert itself.
-            conn.execute(stmt, group)
+        upsert(conn, self.dialect, table, rows)
 
     # --- feedback and outcomes --------------------------------------------------------------
 

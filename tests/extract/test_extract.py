@@ -142,10 +142,9 @@ def test_result_helpers(tmp_path: Path, mode: str) -> None:
     assert res.top_signals(refund_id)[0] == ("tool_error", 6)  # copy 0 of each template
 
 
-def test_chunked_signal_extraction_equals_one_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chunked_signal_extraction_equals_one_batch(tmp_path: Path) -> None:
     """Threads are read and examined a chunk at a time; the batch statistic (the latency
     outlier threshold) still comes from every thread, so the signals equal one whole batch."""
-    import loop_middleware.extract._extract as ex
     from loop_middleware.extract import detect_signals
 
     store = Store(f"sqlite:///{tmp_path / 'x.db'}")
@@ -156,9 +155,8 @@ def test_chunked_signal_extraction_equals_one_batch(tmp_path: Path, monkeypatch:
         rows.append(("turn", {"id": f"{tid}-0", "thread_id": tid, "latency_ms": 1000.0 + 10 * (k % 7)}))
     rows.append(("turn", {"id": "a-password-20-0", "thread_id": "a-password-20", "latency_ms": 60_000.0}))
     store.write_rows(rows)
-    monkeypatch.setattr(ex, "_CHUNK", 5)  # 24 threads: 5 chunks, the slow thread in the 5th
     whole = detect_signals(store.list_threads())
-    n, chunked = extract_signals(store)
+    n, chunked = extract_signals(store, chunk_size=5)  # 24 threads: 5 units
     assert n == 24
     key = [(s.thread_id, s.kind, s.turn_index, s.evidence) for s in whole]
     assert [(s.thread_id, s.kind, s.turn_index, s.evidence) for s in chunked] == key

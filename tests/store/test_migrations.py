@@ -18,7 +18,7 @@ from sqlmodel import SQLModel
 from loop_middleware import Store, StoreError
 from loop_middleware.store import _migrate
 from loop_middleware.store._migrate import BASELINE, HEAD, current_revision, downgrade, upgrade
-from loop_middleware.store._store import TABLES
+from loop_middleware.store._upsert import TABLES
 from tests.conftest import new_pg_database
 
 T0 = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
