@@ -321,10 +321,13 @@ def analyze_cmd(
     embedder: EmbedderOption = "default",
     top: Annotated[int, typer.Option(help="Show this many diagnoses.")] = 10,
     min_group_size: Annotated[int, typer.Option(help="Hide diagnoses covering fewer threads.")] = 5,
+    sample: Annotated[int, typer.Option(
+        min=1, help="Threads diagnosis reads for mechanisms and evidence (a uniform sample); "
+                    "the numbers are counted over every session by the database.")] = 10_000,
 ) -> None:
     """Stages 3-4: extract, then diagnose root causes per intent x failure signal; prints the
     diagnoses ranked by impact, with their share of sessions and significance."""
-    from .diagnose import diagnose
+    from .diagnose import diagnose_store
     from .extract import extract
 
     if embedder not in ("default", "fast", "tfidf"):
@@ -334,8 +337,7 @@ def analyze_cmd(
         bar, update = _progress_bar()
         with bar:
             result = extract(store, mode=embedder, progress=update)  # type: ignore[arg-type]
-            found = diagnose(store.list_threads(), store.load_signals(), store.load_intents(),
-                             store.load_assignments())
+            found = diagnose_store(store, sample_size=sample)
         shown = [d for d in found if d.sessions_affected >= min_group_size]
         store.save_diagnoses(shown)
     except LoopError as exc:

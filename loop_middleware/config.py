@@ -57,6 +57,10 @@ class LoopConfig(BaseModel):
     min_group_size: int = 5
     """Aggregation privacy: intents and diagnoses covering fewer distinct threads are not shown
     in reports or PRs."""
+    diagnose_sample_size: int = Field(default=10_000, ge=1)
+    """Threads diagnosis and fix proposal load (a deterministic uniform sample) for mechanisms
+    and evidence; every diagnosis's numbers are still counted over all sessions by the
+    database (see :func:`~loop_middleware.diagnose.diagnose_store`)."""
     llm_model: str | None = None
     """Optional LLM (``provider/model`` for instructor, e.g. ``openai/gpt-4o-mini``) that writes
     root-cause sentences; the offline path is used when None or when it fails."""
@@ -81,7 +85,8 @@ class LoopConfig(BaseModel):
                            ("config_files", "LOOP_CONFIG_FILES")):
             if e.get(var):
                 values[field] = [p.strip() for p in e[var].split(",") if p.strip()]
-        for field, var, typ in (("alpha", "LOOP_ALPHA", float), ("min_group_size", "LOOP_MIN_GROUP_SIZE", int)):
+        for field, var, typ in (("alpha", "LOOP_ALPHA", float), ("min_group_size", "LOOP_MIN_GROUP_SIZE", int),
+                                ("diagnose_sample_size", "LOOP_DIAGNOSE_SAMPLE_SIZE", int)):
             if e.get(var):
                 try:
                     values[field] = typ(e[var])

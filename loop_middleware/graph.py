@@ -125,13 +125,13 @@ def assign_intents_node(state: LoopState, config: RunnableConfig) -> LoopState:
 
 def diagnose_node(state: LoopState, config: RunnableConfig) -> LoopState:
     """Root causes per intent x failure signal, ranked by impact (stored)."""
-    from .diagnose import DiagnoseConfig, diagnose
+    from .diagnose import DiagnoseConfig, diagnose_store
 
     cfg = LoopConfig.resolve(config)
     store = _store(cfg)
-    threads = store.list_threads()
-    found = diagnose(threads, store.load_signals(), store.load_intents(), store.load_assignments(),
-                     config=DiagnoseConfig(alpha=cfg.alpha), llm=_diagnosis_writer(cfg))
+    # Counts from the database, threads from a bounded sample: flat cost at any store size.
+    found = diagnose_store(store, config=DiagnoseConfig(alpha=cfg.alpha), llm=_diagnosis_writer(cfg),
+                           sample_size=cfg.diagnose_sample_size)
     # Aggregation privacy: a diagnosis covering too few threads is neither shown nor shipped.
     shown = [d for d in found if d.sessions_affected >= cfg.min_group_size]
     store.save_diagnoses(shown)
@@ -167,6 +167,19 @@ def _factory(spec: str) -> Callable[..., Any]:
         raise ConfigError(f"cannot load agent factory {spec!r}: {exc}") from None
 
 
+def _fix_thread_ids(store: Store, diagnoses: list[Diagnosis], sample_size: int) -> list[str]:
+    """The threads fixes are drafted and replayed from: each diagnosis's affected and evidence
+    threads, and a uniform sample of the rest (other threads for the replay's regression check),
+    never the whole store."""
+    from .diagnose import sample_thread_ids
+
+    wanted = {tid for d in diagnoses for tid in d.details.get("affected_thread_ids", [])}
+    wanted |= {e.thread_id for d in diagnoses for e in d.evidence if e.thread_id}
+    ids = store.thread_ids()  # oldest first, the order list_threads() gives
+    wanted |= set(sample_thread_ids(ids, sample_size))
+    return [tid for tid in ids if tid in wanted]
+
+
 def propose_fixes_node(state: LoopState, config: RunnableConfig) -> LoopState:
     """A minimal, contract-checked diff per diagnosis, replayed against the agent when a
     factory is configured; fixes already proposed for a diagnosis are not proposed again."""
@@ -184,7 +197,8 @@ def propose_fixes_node(state: LoopState, config: RunnableConfig) -> LoopState:
 
         cfg_path = Path(cfg.repo_dir) / cfg.agent_config if cfg.agent_config else None
         replay = ReplayGuard(_factory(cfg.agent_factory), config_path=cfg_path)
-    threads = store.list_threads() if todo else []
+    threads = store.list_threads(thread_ids=_fix_thread_ids(store, todo, cfg.diagnose_sample_size),
+                                 llm_inputs=False) if todo else []
     # Earlier prompt versions, so a regression can be fixed by restoring what was lost.
     previous = {pv.sha256: pv.text for pv in store.prompt_versions()}
     fixes = propose_fixes(

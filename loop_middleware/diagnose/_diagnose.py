@@ -101,6 +101,7 @@ from ._hypotheses import (
     situation_tests,
     version_order,
 )
+from ._population import Population
 from ._stats import UNASSIGNED, CellStat, DiagnoseConfig, cell_table, significant_cells
 
 if TYPE_CHECKING:
@@ -247,6 +248,7 @@ def diagnose(
     *,
     config: DiagnoseConfig | None = None,
     llm: DiagnosisWriter | None = None,
+    population: Population | None = None,
 ) -> list[Diagnosis]:
     """Diagnose why intents fail: significant intent x signal cells, explained and ranked by impact.
 
@@ -288,6 +290,11 @@ def diagnose(
         llm: Optional :class:`~loop_middleware.diagnose._llm.DiagnosisWriter` that rewrites each
             root-cause sentence from sample threads (quotes checked verbatim; on any failure the
             offline sentence is kept).
+        population: When ``threads`` is a sample of a larger store (see
+            :func:`~loop_middleware.diagnose.diagnose_store`): the exact counts over every
+            session. Mechanisms, tests and evidence come from the sample; each diagnosis's
+            sessions affected, shares, rates, lift and Fisher p are the population's, its impact
+            and the sessions a change added are scaled to it, and ``details["sample"]`` says so.
 
     Returns:
         One :class:`~loop_middleware.types.Diagnosis` per (intent, root cause) and per regressed
@@ -436,20 +443,28 @@ def diagnose(
                           key=lambda ch: (-ch[1].details["excess_sessions"] * ch[0].severity, ch[0].key)):
         reg_groups.setdefault(cell.intent_id, []).append((cell, h))
 
-    out = [_build(key[0], group, intents_by_id, members, signals_by_thread, cfg)
+    out = [_build(key[0], group, intents_by_id, members, signals_by_thread, cfg,
+                  population=population)
            for key, group in groups.items()]
-    out += [_build(intent_id, group, intents_by_id, members, signals_by_thread, cfg, regression=True)
+    out += [_build(intent_id, group, intents_by_id, members, signals_by_thread, cfg, regression=True,
+                   population=population)
             for intent_id, group in reg_groups.items()]
     for trigger, sit_group in sorted(situations.items()):
         sit_group.sort(key=lambda th: (-th[0]["excess_sessions"] * cfg.severity_of(th[0]["signal"]),
                                        th[0]["signal"]))
         out.append(_build_situation(trigger, sit_group, len(threads), signals_by_thread, cfg,
-                                    attributed=attributed.get(trigger, [])))
+                                    attributed=attributed.get(trigger, []),
+                                    population=population))
     out = _rank(out)
     if llm is not None:
         by_id = {t.thread_id: t for t in threads}
         out = llm.write_all(out, by_id)
     return out
+
+
+def _sample_note(population: Population) -> dict[str, Any]:
+    return {"sessions": population.sample, "of": population.total,
+            "counts": "exact, counted over every session"}
 
 
 def _build(
@@ -461,6 +476,7 @@ def _build(
     cfg: DiagnoseConfig,
     *,
     regression: bool = False,
+    population: Population | None = None,
 ) -> Diagnosis:
     """Merge the cells of one (intent, failure mode) into one diagnosis with union numbers.
 
@@ -481,6 +497,11 @@ def _build(
     elsewhere = {tid for tid, sigs in signals_by_thread.items()
                  if tid not in in_ids and any(s.kind in kinds for s in sigs)}
     a, b = len(affected), len(elsewhere)
+    in_sample = a
+    if population is not None:  # every session's counts, not the sample's
+        a, b = population.affected(kinds, intent_id)
+        n_in, total = max(population.sessions.get(intent_id, 0), a, 1), population.total
+        n_out = total - n_in
     rate_in, rate_out = a / n_in, (b / n_out if n_out else 0.0)
     if n_out:
         lift = rate_in / max(rate_out, 0.5 / n_out)
@@ -499,6 +520,10 @@ def _build(
         q = max(float(h.details["q_value"]) for _, h in group)
         impact = max(float(h.details["excess_sessions"]) * c.severity for c, h in group)
         excess = max(float(h.details["excess_sessions"]) for _, h in group)
+    if population is not None:
+        # Severities come from the sampled sessions; counts from every session.
+        impact *= population.scale if regression else (a / in_sample if in_sample else 0.0)
+        excess *= population.scale
 
     prompt: PromptVersion | None = next((h.prompt for _, h in group if h.prompt is not None), None)
     evidence = _collect_evidence(*(h.evidence for _, h in group), limit=cfg.max_evidence)
@@ -531,6 +556,8 @@ def _build(
     ]
     if len(group) > 1:
         details["by_signal"] = {c.signal: {"clause": h.clause, **h.details} for c, h in group[1:]}
+    if population is not None:
+        details["sample"] = _sample_note(population)
     return Diagnosis(
         id=diagnosis_id(intent_id, primary_cell.signal, primary.failure_mode,
                         prompt.sha256 if prompt else None),
@@ -553,6 +580,7 @@ def _build_situation(
     cfg: DiagnoseConfig,
     *,
     attributed: Sequence[Mapping[str, Any]] = (),
+    population: Population | None = None,
 ) -> Diagnosis:
     """One diagnosis for the failures that became more frequent after ``trigger`` with a prompt
     change (the :func:`~loop_middleware.diagnose._hypotheses.situation_tests` that passed BH).
@@ -583,6 +611,11 @@ def _build_situation(
     p = max(float(t["p_adjusted"]) for t, _ in group)
     excess = max(float(t["excess_sessions"]) for t, _ in group)
     impact = max(float(t["excess_sessions"]) * cfg.severity_of(t["signal"]) for t, _ in group)
+    if population is not None:
+        # A situation is a set of turns, not a column the database groups by: its counts come
+        # from the sample and are scaled to every session (rates are the sample's).
+        a, b, total = (round(x * population.scale) for x in (a, b, total))
+        excess, impact = excess * population.scale, impact * population.scale
     evidence = _collect_evidence(*(h.evidence for _, h in group), limit=cfg.max_evidence)
     name = f"after {trigger} (all intents)"
     what = " and ".join(_SIGNAL_PHRASES.get(k, f"shows {k}") for k in kinds)
@@ -610,6 +643,8 @@ def _build_situation(
         details["by_signal"] = {t["signal"]: {"clause": h.clause, **h.details} for t, h in group[1:]}
     if attributed:
         details["attributed_cells"] = [dict(c) for c in attributed]
+    if population is not None:
+        details["sample"] = {**_sample_note(population), "counts": "estimated from the sample"}
     prompt = primary.prompt
     assert prompt is not None  # a situation regression always names the new version
     return Diagnosis(

@@ -608,6 +608,9 @@ def extract(
         StoreError: The store cannot be read or written.
         ConfigError: The executor cannot run these detectors/embedder (they do not pickle).
     """
+    if embedder is not None and not callable(getattr(embedder, "embed", None)):
+        raise ConfigError(f"embedder must be an Embedder (with .embed), got {embedder!r}; "
+                          "for a built-in one pass mode='default', 'fast' or 'tfidf'")
     t0 = time.perf_counter()
     ex, owned = executor_for(workers, executor)
     try:

@@ -205,3 +205,33 @@ class AggregateQueries:
         intent = self._intent_column(leaf).label("intent_id")
         q = select(intent, func.count()).select_from(_ASSIGNMENT).group_by(intent)
         return {r[0]: int(r[1]) for r in self._rows(q, "intent sizes")}
+
+    def affected_sessions(self, kinds: Iterable[str], intent_id: str | None, *,
+                          exclude_opening: Iterable[str] = (), leaf: bool = False) -> tuple[int, int]:
+        """Sessions with at least one signal of any of ``kinds``: ``(in the intent, elsewhere)``.
+
+        One statement however many sessions: what a diagnosis merging several signal kinds
+        reports ("any of them, each session once"), exact at any size. ``intent_id=None`` is the
+        unassigned sessions; ``exclude_opening`` as in :meth:`signal_counts`.
+        """
+        a = IntentAssignmentRow.__table__.c  # type: ignore[attr-defined]
+        sg = SignalRow.__table__.c  # type: ignore[attr-defined]
+        kinds = sorted(set(kinds))
+        if not kinds:
+            return 0, 0
+        excluded = sorted(set(exclude_opening))
+        hits = select(sg.thread_id).where(sg.kind.in_(kinds))
+        if excluded:
+            hits = hits.where(or_(sg.kind.not_in(excluded), sg.turn_index.is_(None),
+                                  sg.turn_index != 0))
+        affected = hits.distinct().subquery("affected")
+        s = self._sessions_subquery()
+        intent = self._intent_column(leaf)
+        inside = intent.is_(None) if intent_id is None else func.coalesce(intent == intent_id, False)
+        q = (select(inside.label("inside"), func.count())
+             .select_from(affected)
+             .join(s, s.c.thread_id == affected.c.thread_id)
+             .outerjoin(_ASSIGNMENT, a.thread_id == affected.c.thread_id)
+             .group_by(inside))
+        counts = {bool(r[0]): int(r[1]) for r in self._rows(q, "affected sessions")}
+        return counts.get(True, 0), counts.get(False, 0)

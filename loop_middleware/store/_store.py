@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import Text, cast, event, func, select
+from sqlalchemy import Text, cast, event, func, null, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlmodel import Session, create_engine
@@ -271,6 +271,7 @@ class Store(AggregateQueries):
         thread_ids: Iterable[str] | None = None,
         limit: int | None = None,
         include_empty: bool = False,
+        llm_inputs: bool = True,
     ) -> list[Thread]:
         """Threads with their turns (in order), LLM and tool calls, prompt versions and feedback.
 
@@ -279,6 +280,9 @@ class Store(AggregateQueries):
             thread_ids: Only these threads.
             limit: At most this many threads (oldest first).
             include_empty: Also return threads with no turn (e.g. feedback only).
+            llm_inputs: Load each LLM call's input messages. Those are the conversation so far
+                (their bytes grow with the square of the turns) and diagnosis never reads them:
+                ``False`` leaves them empty and loads about twice as fast.
         """
         ids = list(thread_ids) if thread_ids is not None else self.thread_ids(since=since)
         if limit is not None:
@@ -287,10 +291,10 @@ class Store(AggregateQueries):
         # Chunked so that IN (...) lists stay within every database's parameter limit.
         for i in range(0, len(ids), 500):
             with gc_paused():
-                out.extend(self._load(ids[i : i + 500], include_empty))
+                out.extend(self._load(ids[i : i + 500], include_empty, llm_inputs))
         return out
 
-    def _load(self, ids: list[str], include_empty: bool) -> list[Thread]:
+    def _load(self, ids: list[str], include_empty: bool, llm_inputs: bool = True) -> list[Thread]:
         # Speed matters here: extraction reads every new thread, and an LLM call's input is the
         # whole conversation so far (the bytes grow with the square of the turns). So: Core
         # selects of plain tuples (no ORM identity map), and message lists validated straight
@@ -311,7 +315,8 @@ class Store(AggregateQueries):
                 .where(tu.thread_id.in_(ids))).all()
             llm = conn.execute(
                 select(lc.id, lc.turn_id, lc.seq, lc.model, lc.provider,
-                       cast(lc.input_messages, Text), cast(lc.output_messages, Text),
+                       cast(lc.input_messages, Text) if llm_inputs else null(),
+                       cast(lc.output_messages, Text),
                        lc.prompt_shas, lc.input_tokens, lc.output_tokens, lc.latency_ms,
                        lc.finish_reason, lc.error, lc.started_at)
                 .where(lc.thread_id.in_(ids))).all()

@@ -117,3 +117,23 @@ def test_empty_store_has_no_counts(store_url: str) -> None:
     store = Store(store_url)
     assert store.session_counts() == [] and store.signal_counts() == []
     assert store.intent_totals() == {} and store.prompt_version_totals() == {}
+
+
+def test_affected_sessions_of_several_kinds_count_each_session_once(store_url: str) -> None:
+    store = Store(store_url)
+    populate(store, 240, seed=11)
+    threads = {t.thread_id for t in store.list_threads()}
+    assigned = store.load_assignments()
+    signals = store.load_signals()
+    checked = 0
+    for kinds in (["frustration"], ["frustration", "tool_error"], KINDS):
+        for exclude in (set(), {"frustration"}):
+            hit = {s.thread_id for s in signals if s.kind in kinds and s.thread_id in threads
+                   and not (s.kind in exclude and s.turn_index == 0)}
+            for intent in ("i1", "i3", None, "no-such-intent"):
+                inside = {t for t in hit if assigned.get(t) == intent}
+                got = store.affected_sessions(kinds, intent, exclude_opening=exclude)
+                assert got == (len(inside), len(hit) - len(inside)), (kinds, exclude, intent)
+                checked += bool(inside)
+    assert checked >= 12  # most combinations have affected sessions inside the intent
+    assert store.affected_sessions([], "i1") == (0, 0)
