@@ -290,11 +290,30 @@ def _intents_table(result: Any) -> Table:
     return table
 
 
+WorkersOption = Annotated[int, typer.Option(
+    min=1, help="Run the work units in this many spawned worker processes (each opens the store "
+                "itself: a file or PostgreSQL, not an in-memory database).")]
+RayOption = Annotated[str | None, typer.Option(
+    "--ray", help="Run the work units on Ray: 'local' (a local Ray with --workers CPUs) or a "
+                  "cluster address (ray://head:10001); needs loop-middleware[ray] and a store "
+                  "every node reaches (PostgreSQL).")]
+
+
+def _executor(workers: int, ray: str | None) -> Any:
+    if ray is None:
+        return None
+    from .scale import RayExecutor
+
+    return RayExecutor(None if ray == "local" else ray, num_cpus=workers if ray == "local" else None)
+
+
 @app.command("extract")
 def extract_cmd(
     db: DbOption = None,
     embedder: EmbedderOption = "default",
     rebuild: Annotated[bool, typer.Option(help="Rediscover intents from all threads.")] = False,
+    workers: WorkersOption = 1,
+    ray: RayOption = None,
 ) -> None:
     """Stage 3: detect failure signals in new threads and assign every thread to a stable
     intent (discovered without labels); prints the intents with their share and top signals."""
@@ -306,7 +325,8 @@ def extract_cmd(
         store = _store(db)
         bar, update = _progress_bar()
         with bar:
-            result = extract(store, mode=embedder, rebuild=rebuild, progress=update)  # type: ignore[arg-type]
+            result = extract(store, mode=embedder, rebuild=rebuild, progress=update,  # type: ignore[arg-type]
+                             workers=workers, executor=_executor(workers, ray))
     except LoopError as exc:
         _fail(exc)
         return
@@ -324,6 +344,8 @@ def analyze_cmd(
     sample: Annotated[int, typer.Option(
         min=1, help="Threads diagnosis reads for mechanisms and evidence (a uniform sample); "
                     "the numbers are counted over every session by the database.")] = 10_000,
+    workers: WorkersOption = 1,
+    ray: RayOption = None,
 ) -> None:
     """Stages 3-4: extract, then diagnose root causes per intent x failure signal; prints the
     diagnoses ranked by impact, with their share of sessions and significance."""
@@ -336,7 +358,8 @@ def analyze_cmd(
         store = _store(db)
         bar, update = _progress_bar()
         with bar:
-            result = extract(store, mode=embedder, progress=update)  # type: ignore[arg-type]
+            result = extract(store, mode=embedder, progress=update,  # type: ignore[arg-type]
+                             workers=workers, executor=_executor(workers, ray))
             found = diagnose_store(store, sample_size=sample)
         shown = [d for d in found if d.sessions_affected >= min_group_size]
         store.save_diagnoses(shown)

@@ -57,6 +57,12 @@ class LoopConfig(BaseModel):
     min_group_size: int = 5
     """Aggregation privacy: intents and diagnoses covering fewer distinct threads are not shown
     in reports or PRs."""
+    workers: int = Field(default=1, ge=1)
+    """Worker processes (spawned) that run signal detection and intent assignment units; with
+    ``ray_address``, the CPUs of a local Ray."""
+    ray_address: str | None = None
+    """Run those units on Ray: ``"local"`` or a cluster address (``ray://head:10001``); the
+    store must be one every node reaches (PostgreSQL). Needs ``loop-middleware[ray]``."""
     diagnose_sample_size: int = Field(default=10_000, ge=1)
     """Threads diagnosis and fix proposal load (a deterministic uniform sample) for mechanisms
     and evidence; every diagnosis's numbers are still counted over all sessions by the
@@ -76,6 +82,7 @@ class LoopConfig(BaseModel):
             "github_repo": "LOOP_GITHUB_REPO", "github_base_url": "LOOP_GITHUB_BASE_URL",
             "agent_factory": "LOOP_AGENT_FACTORY", "agent_config": "LOOP_AGENT_CONFIG",
             "embedder": "LOOP_EMBEDDER", "llm_model": "LOOP_LLM_MODEL",
+            "ray_address": "LOOP_RAY_ADDRESS",
         }
         for field, var in simple.items():
             if e.get(var):
@@ -86,7 +93,8 @@ class LoopConfig(BaseModel):
             if e.get(var):
                 values[field] = [p.strip() for p in e[var].split(",") if p.strip()]
         for field, var, typ in (("alpha", "LOOP_ALPHA", float), ("min_group_size", "LOOP_MIN_GROUP_SIZE", int),
-                                ("diagnose_sample_size", "LOOP_DIAGNOSE_SAMPLE_SIZE", int)):
+                                ("diagnose_sample_size", "LOOP_DIAGNOSE_SAMPLE_SIZE", int),
+                                ("workers", "LOOP_WORKERS", int)):
             if e.get(var):
                 try:
                     values[field] = typ(e[var])

@@ -100,12 +100,23 @@ def measure(state: LoopState, config: RunnableConfig) -> LoopState:
             "log": [f"measure: {len(out)} shipped fixes measured ({', '.join(sorted(d for d in decided if d)) or 'none'})"]}
 
 
+def _executor(cfg: LoopConfig) -> Any:
+    """Ray when configured (units as Ray tasks), else None: ``workers`` decides (inline or a
+    spawned process pool)."""
+    if not cfg.ray_address:
+        return None
+    from .scale import RayExecutor
+
+    local = cfg.ray_address == "local"
+    return RayExecutor(None if local else cfg.ray_address, num_cpus=cfg.workers if local else None)
+
+
 def extract_signals_node(state: LoopState, config: RunnableConfig) -> LoopState:
     """Detect failure signals in the new threads (stored)."""
     from .extract import extract_signals
 
     cfg = LoopConfig.resolve(config)
-    n, signals = extract_signals(_store(cfg))
+    n, signals = extract_signals(_store(cfg), workers=cfg.workers, executor=_executor(cfg))
     return {"signals": len(signals),
             "log": [f"extract_signals: {len(signals)} signals in {n} new or updated threads"]}
 
@@ -115,7 +126,8 @@ def assign_intents_node(state: LoopState, config: RunnableConfig) -> LoopState:
     from .extract import assign_intents
 
     cfg = LoopConfig.resolve(config)
-    intents, _assignments, new_ids, emb = assign_intents(_store(cfg), mode=cfg.embedder)
+    intents, _assignments, new_ids, emb = assign_intents(_store(cfg), mode=cfg.embedder,
+                                                         workers=cfg.workers, executor=_executor(cfg))
     summary = [{"id": i.id, "name": i.name, "category": i.category, "size": i.size,
                 "parent_id": i.parent_id} for i in intents]
     return {"intents": summary, "new_intents": new_ids,

@@ -75,3 +75,20 @@ def test_extract_and_analyze_print_tables(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "diagnoses over 1 threads" in res.output
     res = runner.invoke(app, ["extract", "--db", url, "--embedder", "bogus"])
     assert res.exit_code == 1 and "default, fast or tfidf" in res.output
+
+
+def test_extract_in_worker_processes_stores_what_one_process_stores(tmp_path: Path) -> None:
+    from tests.scale._helpers import fill, snapshot
+
+    one, two = (f"sqlite:///{tmp_path / name}" for name in ("one.db", "two.db"))
+    for url in (one, two):
+        fill(Store(url), 300, seed=5)
+    res = runner.invoke(app, ["extract", "--db", one, "--embedder", "tfidf"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["analyze", "--db", two, "--embedder", "tfidf", "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert "diagnoses over 300 threads" in res.output
+    assert snapshot(Store(two)) == snapshot(Store(one))
+    assert "--workers" in runner.invoke(app, ["extract", "--help"]).output
+    res = runner.invoke(app, ["extract", "--db", "sqlite://", "--workers", "2"])
+    assert res.exit_code == 1 and "in-memory SQLite" in res.output
