@@ -81,6 +81,50 @@ def _host_repo(example: Path, repo: Path) -> None:
     _git(repo, "commit", "-qm", "Acme Pay support agent, prompt v1")
 
 
+def _review(fixes: list[Fix], example: Path, repo: Path, say: Say) -> dict[str, Any]:
+    """The simulated reviewer's answer: approve each finished fix; where a drafted section asks
+    for policy text (``Fix.placeholders``), write the example company's own policy in (from
+    ``reviewer/policies.yaml`` of the example, which the loop never reads) and approve the
+    edited diff; reject a fix whose policy the reviewer does not know."""
+    import yaml
+
+    from .patch import apply_unified_diff, make_diff
+
+    path = example / "reviewer" / "policies.yaml"
+    known: dict[str, list[str]] = {}
+    if path.is_file():
+        known = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    out: dict[str, Any] = {}
+    for f in fixes:
+        if not f.placeholders:
+            out[f.id] = "approve"
+            continue
+        before = (repo / f.target_file).read_text(encoding="utf-8")
+        after = apply_unified_diff(before, f.diff)
+        heading = next((ln[3:].strip() for ln in f.diff.splitlines() if ln.startswith("+## ")), "")
+        policy = known.get(heading)
+        if not policy:
+            say(f"      reject {f.id}: it asks for '{heading}' text the reviewer does not have")
+            out[f.id] = "reject"
+            continue
+        holes = {f"- {p}" for p in f.placeholders}
+        lines, filled = [], False
+        for line in after.splitlines(keepends=True):
+            if line.rstrip("\r\n") in holes:
+                if not filled:
+                    lines += [f"- {item}\n" for item in policy]
+                    filled = True
+                continue
+            lines.append(line)
+        out[f.id] = {"diff": make_diff(f.target_file, before, "".join(lines))}
+        say(f"      {f.id}: the loop left {len(f.placeholders)} placeholder(s) in '{heading}'; the "
+            f"reviewer wrote the example's own policy in (from {path.relative_to(example.parent)}, "
+            "which the loop never reads) and approved the edited diff")
+    approved = sum(1 for v in out.values() if v != "reject")
+    say(f"      {approved} of {len(fixes)} fixes approved")
+    return out
+
+
 def _ship_v2(example: Path, repo: Path) -> None:
     shutil.copy(example / "prompts" / "support.md", repo / "prompts" / "support.md")
     _git(repo, "commit", "-qam", "Tidy up the support prompt (v2)")
@@ -170,11 +214,12 @@ def run_demo(
     for f in fixes:
         say(f"      - {f['title']} -> {f['target_file']} ({f['kind']})")
 
-    # 5. human review: approve all (the demo stands in for the reviewer), open PRs as branches
+    # 5. human review (the demo stands in for the reviewer), open PRs as branches
     t = time.perf_counter()
     if "__interrupt__" in state:
-        say("[4/7] human review: approving every fix (the demo stands in for a human reviewer)")
-        state = graph.invoke(Command(resume="approve_all"), config=run_cfg)
+        say("[4/7] human review: the demo stands in for a human reviewer")
+        decisions = _review([Fix.model_validate(f) for f in fixes], example, repo, say)
+        state = graph.invoke(Command(resume=decisions), config=run_cfg)
     published = state.get("published", [])
     for p in published:
         say(f"      branch {p.get('branch')}  patch {p.get('patch')}")

@@ -317,4 +317,7 @@ class Fix(_Model):
     branch: str | None = None
     pr_url: str | None = None
     created_at: datetime | None = None
+    placeholders: list[str] = Field(default_factory=list)
+    """``<placeholders>`` in the diff the reviewer must replace with real policy text before
+    merging (the host repository states none); the PR is a draft labelled ``needs-policy-text``."""
     details: dict[str, Any] = Field(default_factory=dict)

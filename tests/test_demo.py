@@ -38,3 +38,10 @@ def test_demo_closes_the_loop(tmp_path: Path) -> None:
     changed = subprocess.run(["git", "diff", "--name-only", "HEAD~1", "HEAD"], cwd=out / "host_repo",
                              capture_output=True, text=True, check=True).stdout
     assert set(changed.split()) <= {"prompts/support.md", "agent.yaml"}
+    # The loop wrote no policy of its own: the refund section's policy is the example's own
+    # (reviewer/policies.yaml, outside the host repo), written in by the simulated reviewer.
+    merged = (out / "host_repo" / "prompts" / "support.md").read_text()
+    if "## Refund policy" in merged:
+        assert "the reviewer wrote the example's own policy in" in proc.stdout
+        assert "within 60 days" in merged and "<refund policy:" not in merged
+        assert "placeholder(s) in 'Refund policy'" in proc.stdout  # the loop proposed no facts

@@ -109,6 +109,21 @@ def render_pr_body(fix: Fix, *, diff: str | None = None) -> str:
         escape_markdown(_redact(fix.rationale.strip())) or "_(no rationale given)_",
         "",
     ]
+    if fix.placeholders:
+        parts += [
+            "### Before merging: the reviewer must write the policy",
+            "",
+            "The repository states no policy for this, and the loop never invents one. Replace "
+            "each placeholder in the new section with your real policy (or delete its line):",
+            "",
+            *[f"- [ ] `{escape_markdown(p)}`" for p in fix.placeholders],
+            "",
+        ]
+    sources = [str(s) for s in fix.details.get("sources") or []]
+    if sources:
+        parts += ["### Sources", "",
+                  "Every fact the new text states is quoted from the host repository:", "",
+                  *[f"- `{_safe_id_path(s)}`" for s in sources], ""]
     evidence = _evidence_lines(fix.details)
     if evidence:
         parts += ["### Evidence", "", *evidence, ""]

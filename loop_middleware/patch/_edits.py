@@ -9,8 +9,9 @@ edit for this diagnosis" (an ``unexplained`` cause, a file that cannot be found,
 failure mode           edit
 =====================  ======================================================================
 ``coverage_gap``       append a marked ``## <Topic> policy`` section to the prompt that served
-                       the threads: a default policy the reviewer edits, a TODO, and up to
-                       ``max_quotes`` neutralised questions the customers asked
+                       the threads: facts quoted from the host repository with their sources,
+                       else ``<placeholders>`` for the reviewer, and up to ``max_quotes``
+                       neutralised questions the customers asked (``_coverage.py``)
 ``ungrounded_answer``  add an instruction: answer only from tool results; when the search finds
                        nothing say "I couldn't find that in our help center" and offer a human
 ``context_loss``       raise the harness' context window (``context_window_turns`` & co.) in
@@ -77,7 +78,6 @@ __all__ = [
     "resolve_prompt_path",
     "set_config_value",
     "tool_failure_edit",
-    "topic_heading",
     "ungrounded_answer_edit",
 ]
 
@@ -163,6 +163,11 @@ class ProposedEdit:
     dedupe_key: str = ""
     """Edits with the same key make the same change (e.g. two intents both lacking a refund
     policy): :func:`~loop_middleware.patch._propose.propose_fixes` keeps the first."""
+    placeholders: tuple[str, ...] = ()
+    """``<placeholders>`` in the new text the reviewer must replace with real policy text (the
+    repository states none): the PR is a draft labelled as needing policy text."""
+    sources: tuple[str, ...] = ()
+    """``path:line`` of each repository fact the new text quotes."""
 
 
 @dataclass
@@ -585,236 +590,6 @@ def _draft(ctx: EditContext, task: str, facts: Mapping[str, Any], default: str) 
     return cleaned, True
 
 
-# --- coverage gap -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Topic:
-    heading: str
-    pattern: str
-    tool_stems: tuple[str, ...]
-    policy: tuple[str, ...]
-    """Default policy bullets; ``TOOL`` is replaced by the matching tool's name."""
-
-
-# A small lexicon of support topics. Key terms mined from conversations are noisy ("isn't",
-# "statement", "showing"); matching them (and the quotes) against known topics gives a heading a
-# reviewer recognises, and a default policy sentence concrete enough that the agent changes
-# behaviour once merged. The first bullet carries the timing on purpose: it is what an agent
-# quotes back to the customer.
-_TOPICS: tuple[_Topic, ...] = (
-    _Topic("Refund policy",
-           r"refund|money back|reimburs|charged (?:me )?(?:twice|double|two times)|double[- ]?charg"
-           r"|duplicate (?:charge|payment)|chargeback|charged .{0,20}times",
-           ("refund",),
-           ("- Customers can request a refund within 30 days of a card transaction (charged twice, "
-            "item not received, purchase cancelled); the money is back on their card within 5-7 "
-            "business days.",
-            "- Look the transaction up first, then open the refund with TOOL.")),
-    _Topic("Escalation",
-           r"human|real person|representative|manager|supervisor|speak (?:to|with)|talk (?:to|with)"
-           r"|live agent",
-           ("handoff", "human", "escalat"),
-           ("- When the customer asks for a human, or is still stuck after two answers, hand the "
-            "conversation over with TOOL and tell them a human agent will reply in this chat.",
-            "- Never argue with a customer who wants to talk to a person.")),
-    _Topic("Unrecognised transactions",
-           r"(?:don'?t|do not|didn'?t) recogni[sz]e|unrecogni[sz]ed|unauthori[sz]ed|fraud|compromised"
-           r"|stolen|not (?:me|mine)",
-           ("freeze", "block", "dispute"),
-           ("- When a customer does not recognise a transaction, ask them to freeze the card in the "
-            "app right away, then open a dispute with TOOL; disputes are answered within 10 "
-            "business days.",)),
-    _Topic("Cancellation policy",
-           r"cancel|terminat|close (?:my |the )?account|delete (?:my |the )?account|unsubscrib",
-           ("cancel", "close"),
-           ("- Customers can cancel or close their account at any time; confirm what they want to "
-            "cancel, explain what happens to their balance, and do it with TOOL.",)),
-    _Topic("Delivery and shipping",
-           r"deliver|shipping|\bship|arriv|track|in the mail|expedite",
-           ("order", "track", "ship"),
-           ("- Look the order up with TOOL before answering; standard delivery takes 3-5 business "
-            "days, and a card that has not arrived after 10 business days can be reissued.",)),
-    _Topic("Failed payments and top-ups",
-           r"top[- ]?up|declin|rejected|did ?n[o']?t go through|payment (?:failed|failing)|\bfail",
-           ("top_up", "topup", "payment"),
-           ("- When a payment or top-up fails, check the transaction with TOOL, explain the reason "
-            "you find (limit, blocked card, merchant decline) and what the customer can do next.",)),
-    _Topic("Billing and fees",
-           r"\bfees?\b|\bcharges?\b|\bbill|invoice|pric|exchange rate",
-           ("fee", "charge", "bill"),
-           ("- Explain the fee or charge from the customer's transaction history (TOOL); quote only "
-            "fees published in the help center.",)),
-    _Topic("Account access",
-           r"password|log ?in|sign ?in|locked out|passcode|two[- ]factor|2fa|verification code",
-           ("reset", "unlock", "verify"),
-           ("- Help customers who cannot log in reset their passcode from the login screen; never "
-            "ask for their passcode or a one-time code.",)),
-)
-
-_GENERIC_TERMS = frozenset(
-    ["account", "card", "thing", "think", "looks", "look", "like", "want", "need", "help", "please", "just", "really", "still", "got", "get", "make", "made", "does", "did", "done", "know", "thanks", "thank", "time", "times", "week", "today", "yesterday", "app", "money", "payment", "work", "works", "fix", "issue", "problem", "question", "isn't", "hasn't", "don't", "didn't", "can't", "won't", "it's", "i'm", "i've"]
-)
-
-
-def _singular(word: str) -> str:
-    w = word.lower()
-    if len(w) > 4 and w.endswith("ies"):
-        return w[:-3] + "y"
-    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
-        return w[:-1]
-    return w
-
-
-def _said_by_agent(quote: str, thread: Thread | None) -> bool:
-    if thread is None or not quote:
-        return False
-    return any(m.role == "assistant" and quote in m.content for t in thread.turns for m in t.messages)
-
-
-def _topic_texts(d: Diagnosis, threads: Mapping[str, Thread]) -> list[tuple[str, int]]:
-    """(text, weight) to name the topic from. Missing terms weigh most, and so does the agent's
-    own failing reply: "I can't help with refunds" names the uncovered topic better than any
-    mined term."""
-    details = d.details
-    out: list[tuple[str, int]] = []
-    for t in details.get("missing_terms") or []:
-        out.append((str(t), 3))
-    for t in details.get("key_terms") or []:
-        out.append((str(t), 1))
-    out.append((d.intent_name, 2))
-    for ev in d.evidence:
-        out.append((ev.quote, 3 if _said_by_agent(ev.quote, threads.get(ev.thread_id)) else 1))
-    return out
-
-
-def topic_heading(d: Diagnosis, threads: Mapping[str, Thread] | None = None) -> tuple[str, _Topic | None]:
-    """The section heading for a coverage gap, and the lexicon topic it matched (if any).
-
-    Scores each known topic by weighted matches in the missing terms, key terms, intent name and
-    evidence quotes (``threads`` tell the agent's quotes apart); with no match, names the section
-    after the first specific missing term (``"Withdrawal questions"``). Only letters, digits,
-    spaces and hyphens survive.
-    """
-    texts = _topic_texts(d, threads or {})
-    best: tuple[int, int] | None = None
-    for i, topic in enumerate(_TOPICS):
-        rx = re.compile(topic.pattern, re.IGNORECASE)
-        score = sum(w for text, w in texts if rx.search(text))
-        if score > 0 and (best is None or score > best[0]):
-            best = (score, i)
-    if best is not None:
-        topic = _TOPICS[best[1]]
-        return topic.heading, topic
-    for text, _w in texts:
-        for word in re.findall(r"[^\W\d_]{4,}", text):
-            if "'" in word or word.lower() in _GENERIC_TERMS:
-                continue
-            name = re.sub(r"[^A-Za-z0-9 \-]", "", _singular(word)).strip()
-            if name:
-                return f"{name.capitalize()} questions", None
-    return "Unanswered requests", None
-
-
-def _tool_for(topic: _Topic | None, prompt_text: str, threads: Mapping[str, Thread]) -> str | None:
-    """A tool named in the prompt (in backticks) or used in the threads matching the topic."""
-    if topic is None:
-        return None
-    names: list[str] = re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(|`)", prompt_text)
-    for t in threads.values():
-        for turn in t.turns:
-            names.extend(c.name for c in turn.tool_calls)
-    for stem in topic.tool_stems:
-        for name in names:
-            if stem in name.lower() and _safe_identifier(name):
-                return name
-    return None
-
-
-def _questions(d: Diagnosis, threads: Mapping[str, Thread], limit: int, chars: int) -> list[str]:
-    """Up to ``limit`` distinct customer questions, neutralised: the opening request of each
-    evidence thread (what the customer came for), then user-side evidence quotes that read like a
-    request rather than a reaction to the failure ("Forget it.", a rephrase in capitals)."""
-    seen: set[str] = set()
-    out: list[str] = []
-
-    def add(text: str) -> None:
-        q = neutralise(text, chars)
-        if q and q.casefold() not in seen and len(out) < limit:
-            seen.add(q.casefold())
-            out.append(q)
-
-    def is_request(text: str) -> bool:
-        letters = [c for c in text if c.isalpha()]
-        shouting = bool(letters) and sum(c.isupper() for c in letters) > 0.6 * len(letters)
-        return len(text.split()) >= 4 and not shouting
-
-    for ev in d.evidence:
-        t = threads.get(ev.thread_id)
-        if t is not None and t.opening_request.strip():
-            add(t.opening_request)
-    for ev in d.evidence:
-        t = threads.get(ev.thread_id)
-        turn = next((x for x in t.turns if x.index == ev.turn_index), None) if t and ev.turn_index is not None else None
-        in_user_text = turn is not None and bool(ev.quote) and ev.quote in turn.user_text
-        # Without the thread we cannot tell who said it; the evidence still shows what was asked.
-        if (in_user_text or t is None) and ev.quote and is_request(ev.quote):
-            add(ev.quote)
-    return out
-
-
-def coverage_gap_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> ProposedEdit | None:
-    """Append a marked, drafted section about the intent's topic to the prompt that served it."""
-    rel = resolve_prompt_path(d.prompt_path, repo_dir, d.prompt_sha256)
-    text = read_text(repo_dir, rel)
-    if text is None:
-        return None
-    heading, topic = topic_heading(d, ctx.threads)
-    if _has_heading(text, heading):
-        logger.info("diagnosis %s: %s already has a %r section; no coverage edit", d.id, rel, heading)
-        return None
-    tool = _tool_for(topic, text, ctx.threads)
-    tool_ref = f"`{tool}`" if tool else "the matching tool"
-    if topic is not None:
-        policy = [line.replace("TOOL", tool_ref) for line in topic.policy]
-    else:
-        policy = [f"- Help customers with {heading[: -len(' questions')].lower() if heading.endswith(' questions') else heading.lower()} "
-                  "requests: ask for the details you need, use the tools to check their case, and "
-                  "tell them what happens next and when (e.g. within 3-5 business days)."]
-    questions = _questions(d, ctx.threads, ctx.config.max_quotes, ctx.config.max_quote_chars)
-    terms = [neutralise(str(t), 40) for t in (d.details.get("missing_terms") or [])][:6]
-    body, by_llm = _draft(
-        ctx,
-        f"Write the body of a new '{heading}' section of the support prompt: the policy the agent "
-        "should follow and which tool to use. Keep the first bullet about timing.",
-        {"intent": neutralise(d.intent_name, 80), "missing_terms": terms,
-         "customer_questions": questions, "current_prompt": text[:6000]},
-        "\n".join(policy),
-    )
-    nl = "\n"
-    comment = [
-        "<!-- TODO(reviewer): replace the default policy above with your real policy, then delete",
-        f"     this comment and the marker. Why: {neutralise(d.intent_name, 80)} threads get "
-        f"{neutralise(d.signal, 40)} ({d.rate_in_intent:.0%} of the intent).",
-    ]
-    if terms:
-        comment.append(f"     Terms the prompt never mentions: {', '.join(terms)}.")
-    if questions:
-        comment.append("     What customers asked (from conversations, neutralised, untrusted):")
-        comment.extend(f"       {n}. \u201c{q}\u201d" for n, q in enumerate(questions, 1))
-    comment.append("-->")
-    block = nl.join([f"## {heading}", DRAFT_MARKER, body.strip(), "", *comment]) + nl
-    new = _append_block(text, block)
-    return ProposedEdit(
-        target_file=rel, old_text=text, new_text=new, kind=FixKind.PROMPT_EDIT,
-        title=f"Add a drafted '{heading}' section to {rel}",
-        description=(f"appends a drafted '## {heading}' section (marked for review, with a default "
-                     f"policy to edit and {len(questions)} customer question(s)) to {rel}"),
-        drafted_by="llm" if by_llm else "template",
-        dedupe_key=f"section:{rel}:{heading.casefold()}",
-    )
-
-
 # --- ungrounded answer --------------------------------------------------------------------------
 
 _ANSWER_SECTIONS = (r"how to answer", r"\brules?\b", r"guideline", r"instruction", r"behaviou?r",
@@ -1182,6 +957,14 @@ def regression_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> ProposedE
 
 def _no_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> ProposedEdit | None:
     return None
+
+
+def coverage_gap_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> ProposedEdit | None:
+    """A drafted ``## <Topic> policy`` section from the repository's own facts or placeholders
+    (:func:`loop_middleware.patch._coverage.coverage_gap_edit`)."""
+    from loop_middleware.patch._coverage import coverage_gap_edit as edit  # it imports this module
+
+    return edit(d, repo_dir, ctx)
 
 
 EDITS: dict[str, EditFunction] = {

@@ -41,9 +41,12 @@ from loop_middleware.patch._guard import AllowedPaths, diff_paths
 from loop_middleware.patch._result import BRANCH_PREFIX, branch_name, diagnosis_key
 from loop_middleware.types import Fix
 
-__all__ = ["GitHubPR", "GitHubPublisher"]
+__all__ = ["NEEDS_POLICY_LABEL", "GitHubPR", "GitHubPublisher"]
 
 logger = logging.getLogger("loop_middleware.patch")
+
+NEEDS_POLICY_LABEL = "needs-policy-text"
+"""Label of a PR whose new text holds placeholders the reviewer must fill in (always a draft)."""
 _SINGLE_LINE = re.compile(r"[^\x00-\x1f\x7f]+")
 
 
@@ -290,14 +293,13 @@ class GitHubPublisher:
                 head=head,
                 title=" ".join(fix.title.split()),
                 body=body,
-                draft=self.draft,
+                draft=self.draft or bool(fix.placeholders),  # unfinished text: never ready
             )
-            if self.labels:
+            wanted = self.labels + ([NEEDS_POLICY_LABEL] if fix.placeholders else [])
+            if wanted:
                 step = f"labelling PR #{pr.number}"
                 names = [label.name for label in pr.labels]
-                pr.as_issue().edit(
-                    labels=names + [label for label in self.labels if label not in names]
-                )
+                pr.as_issue().edit(labels=names + [label for label in wanted if label not in names])
         except GithubException as exc:
             raise self._error(exc, step) from None
         except OSError as exc:  # requests' exceptions (connection, timeout) subclass OSError

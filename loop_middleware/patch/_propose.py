@@ -283,7 +283,9 @@ def propose_fixes(
             "baseline_rate": d.rate_in_intent,
             "evidence": _evidence(d, cfg),
             "replay": result.model_dump(mode="json") if result is not None else None,
+            "sources": list(edit.sources),
         }
+        fix.placeholders = list(edit.placeholders)
         if edit.dedupe_key:
             by_key[edit.dedupe_key] = fix
         out.append(fix)

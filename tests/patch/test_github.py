@@ -16,7 +16,7 @@ from github import GithubException
 from loop_middleware.errors import GitHubError, PatchError, PathNotAllowedError
 from loop_middleware.patch._body import FOOTER
 from loop_middleware.patch._contract import make_diff
-from loop_middleware.patch._github import GitHubPublisher
+from loop_middleware.patch._github import NEEDS_POLICY_LABEL, GitHubPublisher
 from loop_middleware.patch._guard import AllowedPaths
 from loop_middleware.patch._publish import publish_fix
 from loop_middleware.patch._result import branch_name
@@ -96,6 +96,26 @@ def test_opens_a_draft_pr_with_title_body_labels(
     assert set(fake_github.auth_headers) == {f"token {TOKEN}"}
     assert "github.Requester" in {r.name for r in caplog.records}  # PyGithub did log requests
     assert TOKEN not in caplog.text
+
+
+def test_a_fix_waiting_for_policy_text_is_a_labelled_draft_whatever_the_setting(
+    fake_github: FakeGitHub,
+) -> None:
+    hole = "<refund window: how many days customers have>"
+    after = SUPPORT_PROMPT + f"\n## Refund policy\n- {hole}\n"
+    fix = make_fix(diff=make_diff("prompts/support.md", SUPPORT_PROMPT, after), placeholders=[hole])
+    publisher(fake_github, draft=False).publish(fix)
+    stored = fake_github.repos["acme/agent"].pulls[0]
+    assert stored["draft"] is True
+    assert stored["labels"] == ["loop-middleware", NEEDS_POLICY_LABEL]
+    assert "the reviewer must write the policy" in stored["body"] and hole in stored["body"]
+    assert fake_github.violations == []
+
+
+def test_a_finished_fix_follows_the_draft_setting(fake_github: FakeGitHub) -> None:
+    publisher(fake_github, draft=False).publish(make_fix())
+    stored = fake_github.repos["acme/agent"].pulls[0]
+    assert stored["draft"] is False and stored["labels"] == ["loop-middleware"]
 
 
 def test_duplicate_pr_for_the_same_diagnosis_is_skipped(fake_github: FakeGitHub) -> None:
