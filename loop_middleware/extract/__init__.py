@@ -6,6 +6,8 @@
 - :func:`discover_intents` clusters texts into intents without being told how many.
 """
 
+from ._categories import DEFAULT_CATEGORIES, map_categories
+from ._cluster import discover_intents
 from ._embed import (
     Embedder,
     LangChainEmbedder,
@@ -22,14 +24,6 @@ from ._extract import (
     opening_text,
     opening_texts,
 )
-from ._intents import (
-    DEFAULT_CATEGORIES,
-    IntentModel,
-    build_intent_model,
-    discover_intents,
-    map_categories,
-    name_clusters,
-)
 from ._llm import (
     ExtractionLLM,
     IntentChoice,
@@ -38,6 +32,8 @@ from ._llm import (
     ThreadSummary,
     improve_intents,
 )
+from ._model import IntentModel, build_intent_model
+from ._naming import name_clusters
 from ._signals import (
     BUILTIN_DETECTORS,
     DetectionContext,

@@ -47,7 +47,7 @@ from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_va
 
 from ..errors import ConfigError
 from ..types import Intent, Thread
-from ._intents import DEFAULT_CATEGORIES, OTHER
+from ._categories import DEFAULT_CATEGORIES, OTHER
 
 __all__ = [
     "NONE_INTENT",
