@@ -9,12 +9,15 @@
 from ._categories import DEFAULT_CATEGORIES, map_categories
 from ._cluster import discover_intents
 from ._embed import (
+    EXPECTED_NMI,
     Embedder,
+    EmbedderStatus,
     LangChainEmbedder,
     MiniLMEmbedder,
     StaticEmbedder,
     TfidfEmbedder,
     default_embedder,
+    embedder_status,
 )
 from ._extract import (
     ExtractionResult,
@@ -49,10 +52,12 @@ from ._signals import default_registry as default_detectors
 __all__ = [
     "BUILTIN_DETECTORS",
     "DEFAULT_CATEGORIES",
+    "EXPECTED_NMI",
     "DetectionContext",
     "Detector",
     "DetectorRegistry",
     "Embedder",
+    "EmbedderStatus",
     "ExtractionLLM",
     "ExtractionResult",
     "IntentChoice",
@@ -72,6 +77,7 @@ __all__ = [
     "detect_signals",
     "detect_thread",
     "discover_intents",
+    "embedder_status",
     "extract",
     "extract_signals",
     "improve_intents",
