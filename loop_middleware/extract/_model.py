@@ -53,6 +53,7 @@ class IntentRecord:
     keyphrases: list[str] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
     size: int = 0
+    typical_request: str = ""
 
     def to_intent(self) -> Intent:
         """The public :class:`~loop_middleware.types.Intent`."""
@@ -64,6 +65,7 @@ class IntentRecord:
             keyphrases=list(self.keyphrases),
             examples=list(self.examples),
             size=self.size,
+            typical_request=self.typical_request,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,6 +78,7 @@ class IntentRecord:
             "keyphrases": list(self.keyphrases),
             "examples": list(self.examples),
             "size": self.size,
+            "typical_request": self.typical_request,
             "threshold": self.threshold,
             "centroid": [float(v) for v in self.centroid],
         }
@@ -93,6 +96,7 @@ class IntentRecord:
             keyphrases=list(data.get("keyphrases", [])),
             examples=list(data.get("examples", [])),
             size=int(data.get("size", 0)),
+            typical_request=str(data.get("typical_request", "")),
         )
 
 
@@ -229,6 +233,7 @@ class IntentModel:
             split_sub_intents=False,
             # New groups are merged to the granularity of the known intents.
             reference_threshold=float(np.median(known)) if known else None,
+            taken_names={r.name.lower() for r in self.records},
             **options,
         )
         fresh = [record for record, _ in new]
@@ -284,12 +289,14 @@ def _records_from_clusters(
     split_sub_intents: bool,
     sub_intent_min_size: int | None = None,
     reference_threshold: float | None = None,
+    taken_names: set[str] | None = None,
     **options: Any,
 ) -> list[tuple[IntentRecord, list[int]]]:
-    """Cluster ``x``, name and categorise the clusters, and return records with their rows."""
+    """Cluster ``x``, name and categorise the clusters, and return records with their rows
+    (``taken_names``: lower-case names of intents that exist already, never given again)."""
     labels, _ = cluster_embeddings(x, min_cluster_size=min_cluster_size, **options)
     labels = _relabel_by_size(_merge_overlapping(x, labels, reference_threshold), 1)
-    infos = name_clusters(texts, labels, x)
+    infos = name_clusters(texts, labels, x, taken=taken_names)
     cents = {c: info.centroid for c, info in infos.items() if info.centroid is not None}
     cats = (
         map_categories(cents, embedder, categories=categories, threshold=category_threshold)
@@ -314,6 +321,7 @@ def _records_from_clusters(
             keyphrases=info.keyphrases,
             examples=info.examples,
             size=len(rows),
+            typical_request=info.typical_request,
         )
         out.append((record, rows.tolist()))
         if split_sub_intents:
@@ -356,7 +364,8 @@ def _sub_intents(
     )
     if report.n_clusters < 2 or report.silhouette < min_silhouette:
         return []
-    infos = name_clusters(texts, labels, x)
+    # A sub-intent is never named as its parent.
+    infos = name_clusters(texts, labels, x, taken={parent.name.lower()})
     out: list[tuple[IntentRecord, list[int]]] = []
     for c, info in infos.items():
         rows = np.flatnonzero(labels == c)
@@ -375,6 +384,7 @@ def _sub_intents(
                     keyphrases=info.keyphrases,
                     examples=info.examples,
                     size=len(rows),
+                    typical_request=info.typical_request,
                 ),
                 rows.tolist(),
             )

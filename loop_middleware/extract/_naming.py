@@ -1,4 +1,10 @@
-"""Naming: what each cluster is about, in its own words."""
+"""Naming: what each cluster is about, in its own words.
+
+Every cluster gets a short label in words (:mod:`._labels`: a phrase from its most typical
+requests, e.g. "Refund Not Appeared On My Statement"), its most typical request quoted (the
+medoid: the member nearest the centroid), its most central examples, and class-based TF-IDF
+keyphrases (BERTopic's c-TF-IDF) as supporting evidence.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import numpy.typing as npt
 from loop_middleware.errors import ConfigError
 from loop_middleware.extract._cluster import NOISE, centroids_of
 from loop_middleware.extract._embed import normalize_rows
+from loop_middleware.extract._labels import Phrase, build_labels, title_case
 
 __all__ = ["ClusterInfo", "name_clusters"]
 
@@ -29,11 +36,18 @@ class ClusterInfo:
     examples: list[str]
     """The utterances closest to the centroid."""
     centroid: FloatArray | None = None
+    title: str = ""
+    """The label in words, Title Case (empty: nothing to build one from)."""
+    typical_request: str = ""
+    """The most typical request (the medoid), quoted as it was written."""
 
     @property
     def name(self) -> str:
-        """A short name: the top keyphrases joined."""
-        return " / ".join(self.keyphrases[:3]) if self.keyphrases else f"cluster {self.label}"
+        """The label in words; without one, the first words of the typical request."""
+        if self.title:
+            return self.title
+        words = self.typical_request.split()[:6]
+        return title_case(words) if words else f"Cluster {self.label}"
 
 
 def _ctfidf_keyphrases(
@@ -66,6 +80,8 @@ def _ctfidf_keyphrases(
             if scores[row, j] <= 0 or len(chosen) >= top_n:
                 break
             term = str(terms[j])
+            if "'" in term:
+                continue  # "haven't", "i'm": fragments of grammar, not topics
             # Skip a phrase that repeats a chosen one ("refund" after "refund request").
             if any(term in c2 or c2 in term for c2 in chosen):
                 continue
@@ -81,8 +97,10 @@ def name_clusters(
     *,
     top_n: int = 5,
     n_examples: int = 3,
+    taken: set[str] | None = None,
 ) -> dict[int, ClusterInfo]:
-    """Name every cluster (noise excluded) by c-TF-IDF keyphrases and its most central texts.
+    """Name every cluster (noise excluded): a label in words, the most typical request, the most
+    central texts and c-TF-IDF keyphrases.
 
     Args:
         texts: The clustered texts.
@@ -91,6 +109,8 @@ def name_clusters(
             examples are the texts sharing the most keyphrases.
         top_n: Keyphrases per cluster.
         n_examples: Examples per cluster (distinct texts).
+        taken: Names already in use (e.g. the parent intent's): a cluster gets its best label
+            that is not among them; the names given are added to it.
     """
     lab = np.asarray(labels, dtype=np.int64)
     if len(lab) != len(texts):
@@ -101,7 +121,8 @@ def name_clusters(
     phrases = _ctfidf_keyphrases(texts, lab, clusters, top_n)
     x = normalize_rows(embeddings) if embeddings is not None else None
     cents = centroids_of(x, lab) if x is not None else {}
-    infos: dict[int, ClusterInfo] = {}
+    rows: list[list[int]] = []
+    typical: list[list[int]] = []
     for c in clusters:
         members = np.flatnonzero(lab == c)
         if x is not None:
@@ -111,17 +132,49 @@ def name_clusters(
                 [sum(p in texts[i].lower() for p in phrases[c]) for i in members.tolist()],
                 dtype=np.float64,
             )
+        rows.append(members.tolist())
+        typical.append(members[np.argsort(-closeness, kind="stable")].tolist())
+    candidates = build_labels(texts, rows, typical)
+    used = taken if taken is not None else set()
+    infos: dict[int, ClusterInfo] = {}
+    for c, members_, order, cands in zip(clusters, rows, typical, candidates, strict=True):
         examples: list[str] = []
-        for i in members[np.argsort(-closeness, kind="stable")]:
+        for i in order:
             if texts[i] not in examples:
                 examples.append(texts[i])
             if len(examples) >= n_examples:
                 break
-        infos[c] = ClusterInfo(
+        info = ClusterInfo(
             label=c,
-            size=len(members),
+            size=len(members_),
             keyphrases=phrases[c],
             examples=examples,
             centroid=cents.get(c),
+            title=_unused_title(cands, used, phrases[c]),
+            typical_request=texts[order[0]] if order else "",
         )
+        used.add(info.name.lower())
+        infos[c] = info
     return infos
+
+
+def _unused_title(candidates: Sequence[Phrase], used: set[str], keyphrases: Sequence[str]) -> str:
+    """The best candidate label not used by another cluster; when all are, the best one with
+    the first keyphrase word it lacks (two clusters never share a name)."""
+    names = [" ".join(p.words) for p in candidates]
+    for name in names:
+        if name.lower() not in used:
+            return name
+    if not names:
+        return ""
+    best = names[0]
+    for phrase in keyphrases:
+        for word in phrase.split():
+            if word.lower() not in best.lower().split():
+                extra = f"{best} {title_case([word])}"
+                if extra.lower() not in used:
+                    return extra
+    n = 2
+    while f"{best} {n}".lower() in used:
+        n += 1
+    return f"{best} {n}"
