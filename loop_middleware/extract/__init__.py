@@ -17,6 +17,7 @@ from ._embed import (
     StaticEmbedder,
     TfidfEmbedder,
     default_embedder,
+    describe_embedder,
     embedder_status,
 )
 from ._extract import (
@@ -73,6 +74,7 @@ __all__ = [
     "build_intent_model",
     "default_detectors",
     "default_embedder",
+    "describe_embedder",
     "detect_language",
     "detect_signals",
     "detect_thread",

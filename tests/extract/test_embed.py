@@ -206,3 +206,14 @@ def test_langchain_embedder_wraps_embed_documents() -> None:
     x = lc.embed(SENTENCES)
     assert x.shape == (4, 12) and _unit_rows(x) and lc.dim == 12
     assert lc.name.startswith("langchain:")
+
+
+def test_describe_embedder_names_the_one_that_ran() -> None:
+    from loop_middleware.extract import describe_embedder
+
+    assert "expect NMI ~0.57" in describe_embedder("tfidf", "tfidf")
+    static = describe_embedder("static-minilm", "default")
+    assert "shipped" in static and "0.72" in static and "loop-middleware[embeddings]" in static
+    # A configured embedder has no measured quality, and nothing better is suggested.
+    custom = describe_embedder("langchain:OpenAIEmbeddings")
+    assert "not measured" in custom and "pip install" not in custom
