@@ -65,6 +65,9 @@ _FILLERS = frozenset({
     "another", "way", "if", "whether", "all", "each", "every", "only", "own", "same", "such",
     "more", "most", "less", "there's", "able", "sure", "etc",
 })
+_HEADLINE_DROPS = frozenset({"please", "pls", "plz", "just", "also", "really", "very",
+                             "actually", "there", "here", "kindly", "so", "then", "well"})
+"""Fillers dropped inside a label, as a headline drops them."""
 _PARTICLES = frozenset({"up", "through", "out", "off", "back", "down", "away"})
 """Particles of phrasal verbs ("show *up*", "go *through*"): a label may end with one."""
 _BREAK_WORDS = frozenset({"but", "because", "since", "although", "though", "so", "if", "while",
@@ -298,6 +301,8 @@ def _headline(span: list[_Tok], negated: bool, *, wh_start: bool) -> list[str] |
             continue  # "to do", "to be", "to have": there the word is the verb itself
         if kept and kept[-1].low == t.low:
             continue
+        if t.low in _HEADLINE_DROPS and kept:
+            continue  # "statement there payment", "card just declined": words a headline drops
         kept.append(t)
     if negated and not any(t.low in _NEGATIONS for t in kept):
         idx = next((k for k, t in enumerate(kept) if _is_participle(t.low)), None)
@@ -309,8 +314,8 @@ def _headline(span: list[_Tok], negated: bool, *, wh_start: bool) -> list[str] |
             kept = [*kept[1:], not_tok, kept[0]]
         else:
             kept.insert(idx, not_tok)
-    while len(kept) > 1 and kept[0].low in _POSSESSIVES and len(kept) > 3:
-        kept = kept[1:]
+    while len(kept) > 1 and kept[0].low in _POSSESSIVES and (len(kept) > 3 or kept[0].low != "my"):
+        kept = kept[1:]  # "your exchange rates": the company's words, not the customer's topic
     if kept and kept[0].low in _POSSESSIVES and len(kept) > 1 and not kept[1].content:
         return None
     return [t.surface for t in kept]
