@@ -280,9 +280,11 @@ EmbedderOption = Annotated[
 
 def _say_embedder(name: str, mode: str) -> None:
     """Say loudly which embedder made the intents and the quality to expect from it."""
+    from rich.markup import escape
+
     from .extract import EXPECTED_NMI, describe_embedder
 
-    line = describe_embedder(name, mode)
+    line = escape(describe_embedder(name, mode))  # "[embeddings]" is not markup
     weaker = name in EXPECTED_NMI and name != "minilm"
     err.print(f"[bold yellow]note:[/] {line}" if weaker else line, highlight=False)
 

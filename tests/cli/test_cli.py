@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from loop_middleware import LoopCallbackHandler, Store
@@ -71,8 +73,11 @@ def test_extract_and_analyze_print_tables(tmp_path: Path) -> None:
     res = runner.invoke(app, ["extract", "--db", url, "--embedder", "tfidf"])
     assert res.exit_code == 0, res.output
     assert "new or updated threads" in res.output
-    # It says loudly which embedder ran and the quality to expect.
+    # It says loudly which embedder ran and the quality to expect, and how to do better.
     assert "TF-IDF" in res.output and "expect NMI ~0.57" in res.output
+    res = runner.invoke(app, ["extract", "--db", url, "--embedder", "fast"])
+    assert res.exit_code == 0, res.output
+    assert "static model" in res.output and "expect NMI ~0.72" in res.output
     res = runner.invoke(app, ["analyze", "--db", url, "--embedder", "tfidf"])
     assert res.exit_code == 0 and "diagnoses over 1 threads" in res.output
     assert "TF-IDF" in res.output and "expect NMI ~0.57" in res.output
@@ -121,3 +126,25 @@ def test_doctor_says_which_embedder_runs_and_checks_the_store(tmp_path: Path) ->
     assert "TF-IDF" in text.split("stored intents", 1)[1]
     res = runner.invoke(app, ["doctor", "--db", str(tmp_path / "missing.db")])
     assert res.exit_code == 1 and "no store at" in res.output
+
+
+def test_core_install_says_it_fell_back_and_how_to_get_minilm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    original = importlib.util.find_spec
+
+    def no_torch(name: str, *args: Any, **kwargs: Any) -> Any:
+        # The core install: no torch, no sentence-transformers.
+        if name.split(".")[0] in {"torch", "sentence_transformers"}:
+            return None
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_torch)
+    url = _store_with_threads(tmp_path)
+    res = runner.invoke(app, ["extract", "--db", url])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "note:" in text and "static model" in text and "expect NMI ~0.72" in text
+    assert "pip install 'loop-middleware[embeddings]'" in text and "torch is not installed" in text
