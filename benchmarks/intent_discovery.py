@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import re
 import sys
@@ -55,8 +56,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _data_file() -> Path:
-    """``../shared/datasets/banking77/train.csv`` next to the repository; from a git worktree,
-    next to the main checkout it belongs to."""
+    """``../shared/datasets/banking77/train.csv`` next to the repository (or under
+    ``$LOOP_SHARED_DIR``, as the example agent reads it); from a git worktree, next to the main
+    checkout it belongs to."""
+    if os.environ.get("LOOP_SHARED_DIR"):
+        return Path(os.environ["LOOP_SHARED_DIR"]) / "datasets" / "banking77" / "train.csv"
     roots = [REPO]
     if (REPO / ".git").is_file():  # "gitdir: <main>/.git/worktrees/<name>"
         roots.append(Path((REPO / ".git").read_text().split(":", 1)[1].strip()).parents[2])

@@ -4,6 +4,7 @@ labelled BANKING77 set with the embedder of the core install (the shipped static
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -23,8 +24,12 @@ from loop_middleware.extract._naming import name_clusters
 
 
 def _banking77() -> Path:
-    """``../shared/datasets/banking77`` next to the repository (never inside it); from a git
-    worktree, next to the main checkout the worktree belongs to."""
+    """``../shared/datasets/banking77`` next to the repository (never inside it), or under
+    ``$LOOP_SHARED_DIR`` as the example agent reads it; from a git worktree, next to the main
+    checkout the worktree belongs to."""
+    shared = os.environ.get("LOOP_SHARED_DIR")
+    if shared:
+        return Path(shared) / "datasets" / "banking77"
     root = Path(__file__).resolve().parents[2]
     roots = [root]
     git = root / ".git"
