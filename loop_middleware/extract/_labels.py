@@ -65,6 +65,11 @@ _FILLERS = frozenset({
     "another", "way", "if", "whether", "all", "each", "every", "only", "own", "same", "such",
     "more", "most", "less", "there's", "able", "sure", "etc",
 })
+_STANCE = frozenset({"want", "wants", "wanted", "wish", "need", "needs", "like", "think",
+                     "hope", "wonder", "wondering", "noticed", "seem", "seems", "try", "tried",
+                     "trying", "know", "guess", "believe"})
+"""Verbs of wanting, thinking or trying: they frame a request ("I want to cancel ...") and
+never start or end its label (what is wanted, thought or tried is the topic)."""
 _HEADLINE_DROPS = frozenset({"please", "pls", "plz", "just", "also", "really", "very",
                              "actually", "there", "here", "kindly", "so", "then", "well"})
 """Fillers dropped inside a label, as a headline drops them."""
@@ -267,12 +272,14 @@ def _spans(tokens: list[_Tok | None], weights: dict[str, float], floor: float,
             lead_ok = strong(first) or (
                 first.low in _QUESTION | _POSSESSIVES and i + 1 < n and clause[i + 1].content
             )
-            if not lead_ok or (i > 0 and clause[i - 1].low == "how"):
-                continue  # "how long", "how much": the question word belongs to the phrase
+            if not lead_ok or (i > 0 and clause[i - 1].low == "how") or first.low in _STANCE:
+                continue  # "how long": the question word belongs to it; "want to ...": the wish
             for j in range(i, min(n, i + max_words + 4)):
                 last = clause[j]
                 if not (strong(last) or (last.low in _PARTICLES and j > i and clause[j - 1].content)):
                     continue
+                if last.low in _STANCE:
+                    continue  # "... and want": what is wanted comes after
                 if j + 1 < n and clause[j + 1].low in _PARTICLES and last.low not in _PARTICLES:
                     continue  # "gone" without its "through", "top" without "up": another verb
                 span = clause[i : j + 1]
