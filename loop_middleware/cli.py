@@ -278,6 +278,17 @@ EmbedderOption = Annotated[
 ]
 
 
+def _say_embedder(name: str, mode: str) -> None:
+    """Say loudly which embedder made the intents and the quality to expect from it."""
+    from rich.markup import escape
+
+    from .extract import EXPECTED_NMI, describe_embedder
+
+    line = escape(describe_embedder(name, mode))  # "[embeddings]" is not markup
+    weaker = name in EXPECTED_NMI and name != "minilm"
+    err.print(f"[bold yellow]note:[/] {line}" if weaker else line, highlight=False)
+
+
 def _intents_table(result: Any) -> Table:
     table = Table(title=f"{sum(1 for i in result.intents if i.parent_id is None)} intents over "
                         f"{len(result.assignments)} threads ({result.embedder})")
@@ -331,6 +342,7 @@ def extract_cmd(
         _fail(exc)
         return
     console.print(_intents_table(result))
+    _say_embedder(result.embedder, embedder)
     console.print(f"{result.threads_processed} new or updated threads, {len(result.signals)} signals, "
                   f"{len(result.new_intents)} new intents in {result.seconds:.1f} s")
 
@@ -366,6 +378,7 @@ def analyze_cmd(
     except LoopError as exc:
         _fail(exc)
         return
+    _say_embedder(result.embedder, embedder)
     table = Table(title=f"{len(shown)} diagnoses over {result.threads_total} threads"
                   + (f" ({len(found) - len(shown)} hidden: fewer than {min_group_size} threads)"
                      if len(found) > len(shown) else ""))
@@ -519,12 +532,41 @@ def demo_cmd(
     agent with planted defects -> analyze -> diagnose -> propose fixes as branches -> merge them
     (standing in for a human) -> next cohort -> measure -> HTML report."""
     from .demo import run_demo
+    from .extract import embedder_status
 
+    if embedder not in ("default", "fast", "tfidf"):
+        _fail(LoopError("--embedder takes default, fast or tfidf"))
+    _say_embedder(embedder_status(embedder).name, embedder)  # type: ignore[arg-type]
     try:
         run_demo(out, threads=threads, seed=seed, embedder=embedder, example=example,
                  say=lambda line: console.print(line, highlight=False, markup=False))
     except LoopError as exc:
         _fail(exc)
+
+
+@app.command("doctor")
+def doctor_cmd(
+    db: Annotated[str | None, typer.Option("--db", envvar="LOOP_DATABASE_URL", show_default=False,
+                                           help="Also check this store (URL or SQLite path).")] = None,
+) -> None:
+    """Check this install: which embedder each mode runs and the intent quality to expect, that
+    the shipped static model loads offline, the optional extras, and (with **--db**) the store
+    and the embedder its intents were built with. Exits 1 when something is broken."""
+    from ._doctor import run_checks
+
+    checks = run_checks(db, check_store=db is not None)
+    table = Table(title=f"loopmw doctor ({__version__})")
+    for col in ("check", "", "detail"):
+        table.add_column(col)
+    marks = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]",
+             "info": "[dim]-[/]"}
+    from rich.markup import escape
+
+    for c in checks:
+        table.add_row(escape(c.name), marks[c.level], escape(c.detail))
+    console.print(table)
+    if any(c.level == "fail" for c in checks):
+        raise typer.Exit(code=1)
 
 
 def main(argv: list[str] | None = None) -> Any:

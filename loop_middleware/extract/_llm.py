@@ -1,7 +1,7 @@
 """Optional: let an LLM name intents, place ambiguous threads, and summarise threads.
 
-Extraction never needs an LLM: intents are discovered, named (keyphrases) and categorised
-offline. :class:`ExtractionLLM` only *improves* that output when the host configures a model:
+Extraction never needs an LLM: intents are discovered, named in words (a label from their own
+most typical requests) and categorised offline. :class:`ExtractionLLM` only *improves* that output when the host configures a model:
 
 (a) :meth:`ExtractionLLM.name_intent` names an intent from a sample of its threads' opening
     requests (at most ``max_examples`` per intent) -> :class:`IntentName` (2-6 word name, one of
@@ -47,7 +47,7 @@ from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_va
 
 from ..errors import ConfigError
 from ..types import Intent, Thread
-from ._intents import DEFAULT_CATEGORIES, OTHER
+from ._categories import DEFAULT_CATEGORIES, OTHER
 
 __all__ = [
     "NONE_INTENT",
@@ -185,7 +185,8 @@ class StoreCache(MutableMapping[str, Any]):
 
 _NAME_SYSTEM = (
     "You name groups of customer-support conversations. You get sample opening requests of one "
-    "group (and keyphrases found offline). Answer with a short name of 2-6 words in the "
+    "group (and the name, most typical request and keyphrases found offline). Improve the "
+    "offline name: answer with a short name of 2-6 words in the "
     "customers' terms (no ids, no quotes), the single best category from the list given, and a "
     "one-sentence description of what these customers want."
 )
@@ -307,6 +308,8 @@ class ExtractionLLM:
         if not sample:
             return None
         lines = [f"Categories: {json.dumps(self.categories, ensure_ascii=False)}",
+                 f"Offline name: {intent.name}",
+                 f"Most typical request: {intent.typical_request or '-'}",
                  f"Offline keyphrases: {', '.join(intent.keyphrases[:8]) or '-'}",
                  f"Sample opening requests ({len(sample)}):"]
         lines += [f"- {s}" for s in sample]

@@ -262,6 +262,7 @@ def build_report_data(
     health, _ = loop_health(store)
     keys = {failure_mode_key(d) for d in diagnoses}
     health = LoopHealth(timelines=[t for t in health.timelines if t.key in keys])
+    embedder, note = _embedder_of(store)
     tick("done", steps)
     return ReportData(
         title=title,
@@ -279,4 +280,16 @@ def build_report_data(
         health=health,
         suppressed_groups=suppressed,
         min_group_size=k,
+        embedder=embedder,
+        embedder_note=note,
     )
+
+
+def _embedder_of(store: Store) -> tuple[str, str]:
+    """The embedder the stored intent model was built with, and what it means for quality."""
+    from ..extract._extract import MODEL_KEY
+    from ..extract._status import describe_embedder
+
+    model = store.get_meta(MODEL_KEY)
+    name = str(model.get("embedder") or "") if isinstance(model, dict) else ""
+    return name, describe_embedder(name) if name else ""

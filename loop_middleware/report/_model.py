@@ -204,6 +204,11 @@ class ReportData(_Model):
     suppressed_groups: int = Field(default=0, ge=0)
     """Groups (intents, cells) hidden because they held fewer threads than ``min_group_size``."""
     min_group_size: int | None = None
+    embedder: str = ""
+    """The embedder the stored intents were built with (empty: unknown, e.g. no intents yet)."""
+    embedder_note: str = ""
+    """For people: that embedder and the intent quality to expect from it (shown in the
+    header, and as a notice when a better one exists)."""
 
     @model_validator(mode="after")
     def _measurements_match_fixes(self) -> ReportData:

@@ -14,13 +14,16 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 from loop_middleware.errors import ConfigError
 from loop_middleware.extract import _embed
 from loop_middleware.extract._embed import (
+    EXPECTED_NMI,
     Embedder,
     LangChainEmbedder,
     MiniLMEmbedder,
     StaticEmbedder,
     TfidfEmbedder,
     default_embedder,
+    embedder_status,
 )
+from loop_middleware.extract._static import SHIPPED_STATIC_MODEL
 
 SENTENCES = [
     "I want my money back for the double charge",
@@ -99,25 +102,81 @@ def test_tfidf_fitted_space_is_reused() -> None:
     assert np.allclose(a[0], b[0], atol=1e-6)
 
 
-def test_default_falls_back_to_tfidf_without_sentence_transformers(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def _hide_modules(monkeypatch: pytest.MonkeyPatch, hidden: set[str]) -> None:
+    """Make ``importlib.util.find_spec`` say ``hidden`` top-level modules are not installed."""
     import importlib.util
 
     original = importlib.util.find_spec
 
     def fake_find_spec(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.split(".")[0] in {"sentence_transformers", "torch"}:
+        if name.split(".")[0] in hidden:
             return None
         return original(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec)
+
+
+def test_core_install_falls_back_to_the_shipped_static_model_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The core install: no torch, no sentence-transformers.
+    _hide_modules(monkeypatch, {"sentence_transformers", "torch"})
+    status = embedder_status()
+    assert status.name == "static-minilm" and status.is_fallback
+    assert status.expected_nmi == EXPECTED_NMI["static-minilm"]
     with caplog.at_level(logging.WARNING, logger="loop_middleware.extract._embed"):
         emb = default_embedder()
         fast = default_embedder("fast")
-    assert isinstance(emb, TfidfEmbedder) and isinstance(fast, TfidfEmbedder)
-    assert "falling back to TF-IDF" in caplog.text
+    assert isinstance(emb, StaticEmbedder) and isinstance(fast, StaticEmbedder)
+    # The warning names the embedder, the quality to expect and how to get MiniLM.
+    assert "static model" in caplog.text and "torch is not installed" in caplog.text
+    assert f"{EXPECTED_NMI['static-minilm']:.2f}" in caplog.text
+    assert "loop-middleware[embeddings]" in caplog.text
     assert emb.embed(SENTENCES).shape[0] == 4
+
+
+def test_without_model2vec_the_last_resort_is_tfidf(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _hide_modules(monkeypatch, {"sentence_transformers", "torch", "model2vec"})
+    with caplog.at_level(logging.WARNING, logger="loop_middleware.extract._embed"):
+        emb = default_embedder()
+    assert isinstance(emb, TfidfEmbedder)
+    assert "TF-IDF" in caplog.text and "model2vec is not installed" in caplog.text
+    assert embedder_status("fast").name == "tfidf"
+    assert emb.embed(SENTENCES).shape[0] == 4
+
+
+def test_shipped_static_model_loads_from_the_package_without_the_hub(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("model2vec")
+    import huggingface_hub
+
+    def no_hub(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the shipped model must never be downloaded")
+
+    for name in ("hf_hub_download", "snapshot_download"):
+        monkeypatch.setattr(huggingface_hub, name, no_hub)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    fast = StaticEmbedder()
+    assert fast.model_path == SHIPPED_STATIC_MODEL
+    assert SHIPPED_STATIC_MODEL.parent == Path(_embed.__file__).parent
+    x = fast.embed(SENTENCES)
+    assert x.dtype == np.float32 and x.shape == (4, fast.dim) and _unit_rows(x)
+    sims = x @ x.T
+    # The refund paraphrases are closer to each other than to the password or weather texts.
+    assert sims[0, 1] > sims[0, 2] and sims[0, 1] > sims[0, 3]
+
+
+def test_expected_nmi_matches_the_benchmark_results() -> None:
+    import json
+
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    runs = json.loads((results / "intent_discovery.json").read_text())["runs"]
+    for mode, name in (("default", "minilm"), ("fast", "static-minilm"), ("tfidf", "tfidf")):
+        assert runs[mode]["embedder"] == name
+        assert round(runs[mode]["noise_as_own_label"]["nmi"], 2) == EXPECTED_NMI[name], mode
 
 
 def test_minilm_import_failure_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,3 +206,14 @@ def test_langchain_embedder_wraps_embed_documents() -> None:
     x = lc.embed(SENTENCES)
     assert x.shape == (4, 12) and _unit_rows(x) and lc.dim == 12
     assert lc.name.startswith("langchain:")
+
+
+def test_describe_embedder_names_the_one_that_ran() -> None:
+    from loop_middleware.extract import describe_embedder
+
+    assert "expect NMI ~0.57" in describe_embedder("tfidf", "tfidf")
+    static = describe_embedder("static-minilm", "default")
+    assert "shipped" in static and "0.72" in static and "loop-middleware[embeddings]" in static
+    # A configured embedder has no measured quality, and nothing better is suggested.
+    custom = describe_embedder("langchain:OpenAIEmbeddings")
+    assert "not measured" in custom and "pip install" not in custom

@@ -29,6 +29,7 @@ CATEGORIES = ["billing_refund", "how_to", "bug_report", "other"]
 
 CARD = Intent(id="intent-card", name="card / arrive / still", category="other",
               keyphrases=["card", "arrive", "still"],
+              typical_request="My card still hasn't arrived.",
               examples=["My card still hasn't arrived.", "When will my card arrive?"], size=40)
 CARD_SUB = Intent(id="intent-card-sub", name="new card / weeks", category="other",
                   parent_id="intent-card", examples=["It has been two weeks, no card."], size=12)
@@ -79,6 +80,9 @@ def test_names_an_intent_from_a_capped_sample_of_openings() -> None:
     assert example_lines[:2] == ["- My card still hasn't arrived.", "- When will my card arrive?"]
     assert all(line[2:] in CARD_OPENINGS for line in example_lines[2:])
     assert "billing_refund" in sent and "card, arrive, still" in sent
+    # The LLM improves the offline name, seeing it and the most typical request.
+    assert "Offline name: card / arrive / still" in sent
+    assert "Most typical request: My card still hasn't arrived." in sent
 
 
 def test_invalid_json_then_invalid_category_are_re_asked_until_valid() -> None:

@@ -62,6 +62,10 @@ def test_report_data_from_the_store_renders(keep: KeepScenario, tmp_path: Path) 
     for d in data.diagnoses:
         assert d.id in html
     assert keep.fix.id in html and "Acme loop" in html
+    # The header says which embedder made the intents and the quality to expect; a weaker one
+    # than MiniLM (here TF-IDF) also gets a notice.
+    assert data.embedder == "tfidf" and "NMI ~0.57" in data.embedder_note
+    assert 'id="embedder"' in html and 'id="embedder-notice"' in html and "TF-IDF" in html
 
     # Precomputed measurements are used as given (FixMeasurementResult is converted).
     given = build_report_data(store, measurements={keep.fix.id: result})
