@@ -10,14 +10,15 @@ conversations. Deterministic given ``seed`` (one ``random.Random`` per thread).
 =============  ======  =================================================================
 intent         weight  what the developer asks
 =============  ======  =================================================================
-how_to          0.38   API keys, rollbacks, custom domains, env vars, webhooks, build cache
-quota           0.20   rate limits, 429 errors, quota increases
-sso_setup       0.15   setting up SAML single sign-on for an organisation
-project         0.10   the state of one project (``prj-1234``)
-how_to_intl     0.17   API keys or rollbacks, asked in Spanish, German or Portuguese
+how_to          0.44   API keys, rollbacks, webhooks (long docs pages), custom domains, env
+                       vars, build cache (short pages)
+quota           0.12   rate limits, 429 errors, quota increases
+sso_setup       0.12   setting up SAML single sign-on for an organisation
+project         0.20   the state of one project (``prj-1234``)
+how_to_intl     0.12   API keys or rollbacks, asked in Spanish, German or Portuguese
 =============  ======  =================================================================
 
-Tempers: 50% restate the question (once), 50% leave (half with "Forget it."). Feedback:
+Tempers: 50% complain or restate the question (once), 50% leave (80% of them with "Forget it."). Feedback:
 thumbs-down on 40% of failed threads, thumbs-up on 15% of solved ones.
 """
 
@@ -43,7 +44,7 @@ from .agent import DEFAULT_PROMPT_DIR, build_agent
 __all__ = ["INTENT_MIX", "SimulatedThread", "TrafficSummary", "simulate"]
 
 INTENT_MIX: tuple[tuple[str, float], ...] = (
-    ("how_to", 0.38), ("quota", 0.20), ("sso_setup", 0.15), ("project", 0.10), ("how_to_intl", 0.17),
+    ("how_to", 0.44), ("quota", 0.12), ("sso_setup", 0.12), ("project", 0.20), ("how_to_intl", 0.12),
 )
 
 # topic -> (docs page title that answers it, openings)
@@ -222,7 +223,7 @@ class _Developer:
     def _unhappy(self, complaint: str) -> str | None:
         self.complaints += 1
         if self.complaints > 1 or not self.patient:
-            return _GIVEUP[self.lang] if self.rng.random() < 0.5 else None
+            return _GIVEUP[self.lang] if self.rng.random() < 0.8 else None
         return complaint
 
     def next_message(self, reply: str | None) -> str | None:
@@ -248,8 +249,8 @@ class _Developer:
                                  + self.opening)
         if self.intent == "sso_setup" and "SAML" in reply:
             self._fail("sso_step_missing")
-            return self._unhappy("I followed those steps exactly and the SAML login fails with "
-                                 "'domain not verified'. What step am I missing?")
+            return self._unhappy("That didn't work. I followed those steps exactly and the SAML login "
+                                 "still fails with 'domain not verified'. What step am I missing?")
         return self._unhappy("That's not what I asked. " + self.opening)
 
     def _solves(self, reply: str) -> bool:
