@@ -144,8 +144,9 @@ def load_config(config_path: Path | str | None = None) -> AgentConfig:
 # --- the tools' backends ----------------------------------------------------------------------------
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-_STOP = frozenset("""a an and are as at be can do does for from get how i in is it its me my of on or our
-    the to we what when where why with you your kestrel please hi hello need want help""".split())
+_STOP_TEXT = """a an and are as at be can do does for from get how i in is it its me my of on or our
+    the to we what when where why with you your kestrel please hi hello need want help"""
+_STOP = frozenset(_STOP_TEXT.split())
 
 
 def _terms(text: str) -> set[str]:
@@ -179,7 +180,8 @@ class Docs:
             raise ConfigError(f"docs directory not found: {directory}")
         pages = []
         for path in sorted(directory.glob("*.md")):
-            title, keywords, body = path.stem, (), []
+            title, body = path.stem, []
+            keywords: tuple[str, ...] = ()
             for line in path.read_text(encoding="utf-8").splitlines():
                 if line.startswith("# ") and title == path.stem:
                     title = line[2:].strip()

@@ -10,12 +10,12 @@ conversations. Deterministic given ``seed`` (one ``random.Random`` per thread).
 =============  ======  =================================================================
 intent         weight  what the developer asks
 =============  ======  =================================================================
-how_to          0.44   API keys, rollbacks, webhooks (long docs pages), custom domains, env
+how_to          0.40   API keys, rollbacks (long docs pages), webhooks, custom domains, env
                        vars, build cache (short pages)
 quota           0.12   rate limits, 429 errors, quota increases
-sso_setup       0.12   setting up SAML single sign-on for an organisation
-project         0.20   the state of one project (``prj-1234``)
-how_to_intl     0.12   API keys or rollbacks, asked in Spanish, German or Portuguese
+sso_setup       0.15   setting up SAML single sign-on for an organisation
+project         0.23   the state of one project (``prj-1234``)
+how_to_intl     0.10   API keys or rollbacks, asked in Spanish, German or Portuguese
 =============  ======  =================================================================
 
 Tempers: 50% complain or restate the question (once), 50% leave (80% of them with "Forget it."). Feedback:
@@ -44,7 +44,7 @@ from .agent import DEFAULT_PROMPT_DIR, build_agent
 __all__ = ["INTENT_MIX", "SimulatedThread", "TrafficSummary", "simulate"]
 
 INTENT_MIX: tuple[tuple[str, float], ...] = (
-    ("how_to", 0.44), ("quota", 0.12), ("sso_setup", 0.12), ("project", 0.20), ("how_to_intl", 0.12),
+    ("how_to", 0.40), ("quota", 0.12), ("sso_setup", 0.15), ("project", 0.23), ("how_to_intl", 0.10),
 )
 
 # topic -> (docs page title that answers it, openings)
@@ -241,16 +241,16 @@ class _Developer:
             return self._unhappy(_NO_ENGLISH[self.lang])
         if "upgrading to the team plan" in reply.lower():
             self._fail("upsold")
-            return self._unhappy("I don't want to upgrade. I asked how to deal with the limit on my "
+            return self._unhappy("That's not what I asked. I don't want to upgrade, I asked how to deal with the limit on my "
                                  "current plan: " + self.opening)
         if "cut off" in reply:
             self._fail("truncated_answer")
-            return self._unhappy("That doesn't tell me what to actually do. What are the exact steps? "
+            return self._unhappy("That's not what I asked, I need the exact steps. "
                                  + self.opening)
         if self.intent == "sso_setup" and "SAML" in reply:
             self._fail("sso_step_missing")
             return self._unhappy("That didn't work. I followed those steps exactly and the SAML login "
-                                 "still fails with 'domain not verified'. What step am I missing?")
+                                 "still fails with 'domain not verified'. This is so frustrating, what step am I missing?")
         return self._unhappy("That's not what I asked. " + self.opening)
 
     def _solves(self, reply: str) -> bool:
