@@ -145,6 +145,10 @@ _UPSELL = {
     "pt": "Parece que o seu plano atual ficou pequeno. Com o plano Team você tem dez vezes mais limite de API; "
           "dá para mudar em Cobrança → Planos.",
 }
+_CUT_OFF = {"es": "la página que recibí estaba cortada, así que no tengo los pasos exactos.",
+            "de": "die Seite, die ich bekommen habe, war abgeschnitten, daher habe ich die genauen Schritte nicht.",
+            "pt": "a página que recebi estava cortada, então não tenho os passos exatos."}
+"""What the simulator says, in the developer's language, when the page reached it cut off."""
 _NOT_FOUND = "I couldn't find a docs page about that. Could you tell me more about what you are trying to do?"
 
 
@@ -225,6 +229,8 @@ class DevSupportSimulatorModel(BaseChatModel):
         # The page reached the model cut off before its steps: say so, give what there is.
         opening = " ".join(re.split(r"(?<=[.!?])\s+", body.strip())[:1])
         opening = re.sub(r"…\s*\[truncated[^\]]*\]", "…", opening)
+        if lang != "en":
+            return _FROM_DOCS[lang].format(title=title, steps=_CUT_OFF[lang])
         return (f"From the docs, “{title}”: {opening} The page I received was cut off, so I don't "
                 "have the exact steps.")
 

@@ -189,6 +189,11 @@ def _weighted(rng: random.Random, options: Sequence[tuple[str, float]]) -> str:
     return options[-1][0]
 
 
+def _is_cut_off(reply: str) -> bool:
+    """The agent said the page it got was cut off (in any of the simulated languages)."""
+    return "cut off" in reply or "cortada" in reply or "abgeschnitten" in reply
+
+
 class _Developer:
     """A simulated developer: decides the next message from the agent's last reply."""
 
@@ -243,10 +248,11 @@ class _Developer:
             self._fail("upsold")
             return self._unhappy("That's not what I asked. I don't want to upgrade, I asked how to deal with the limit on my "
                                  "current plan: " + self.opening)
-        if "cut off" in reply:
+        if _is_cut_off(reply):
             self._fail("truncated_answer")
-            return self._unhappy("That's not what I asked, I need the exact steps. "
-                                 + self.opening)
+            if self.lang != "en":
+                return self._unhappy(self.opening)
+            return self._unhappy("That's not what I asked, I need the exact steps. " + self.opening)
         if self.intent == "sso_setup" and "SAML" in reply:
             self._fail("sso_step_missing")
             return self._unhappy("That didn't work. I followed those steps exactly and the SAML login "
@@ -262,8 +268,8 @@ class _Developer:
             return "Verify your email domain" in reply or "verify your email domain" in reply
         title = _HOW_TO[self.topic][0]
         if self.lang == "en":
-            return title in reply and reply.startswith("From the docs") and "cut off" not in reply
-        return title in reply and not reply.startswith("From the docs")
+            return title in reply and reply.startswith("From the docs") and not _is_cut_off(reply)
+        return title in reply and not reply.startswith("From the docs") and not _is_cut_off(reply)
 
     def feedback(self) -> bool | None:
         if self.failures and not self.solved:
