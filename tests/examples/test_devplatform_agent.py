@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,58 @@ def test_all_fixes_remove_the_failures(tmp_path: Path) -> None:
     after = simulate(120, seed=5, prompt_dir=fixed, config_path=config_with(tmp_path, max_tool_output_chars=0))
     assert before.resolved_rate < 0.6 and sum(before.failures().values()) > 40
     assert after.failures() == {} and after.resolved_rate > 0.95
+
+
+# --- a small loop over the agent, offline ------------------------------------------------------------
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "commit.gpgsign=false",
+                    *args], cwd=repo, check=True, capture_output=True)
+
+
+def test_small_loop_over_the_agent_runs_offline(tmp_path: Path) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    from loop_middleware.config import LoopConfig
+    from loop_middleware.graph import build_graph
+
+    repo = tmp_path / "host"
+    (repo / "prompts").mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    cfg = load_config()
+    (repo / "agent.yaml").write_text(
+        DEFAULT_CONFIG.read_text(encoding="utf-8")
+        .replace("docs_dir: kb", f"docs_dir: {cfg.docs_dir}")
+        .replace("projects_file: data/projects.json", f"projects_file: {cfg.projects_file}"), encoding="utf-8")
+    shutil.copy(V1_PROMPT_DIR / "support.md", repo / "prompts" / "support.md")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "v1")
+    db = tmp_path / "loop.db"
+    store = Store(f"sqlite:///{db}")
+    handler = LoopCallbackHandler(store, emit_spans=False)
+    simulate(60, seed=1, prompt_dir=repo / "prompts", config_path=repo / "agent.yaml", callbacks=[handler],
+             thread_prefix="v1")
+    shutil.copy(DEFAULT_PROMPT_DIR / "support.md", repo / "prompts" / "support.md")
+    _git(repo, "commit", "-qam", "v2")
+    simulate(120, seed=2, prompt_dir=repo / "prompts", config_path=repo / "agent.yaml", callbacks=[handler],
+             thread_prefix="v2")
+    handler.close()
+
+    loop = LoopConfig(database_url=f"sqlite:///{db}", repo_dir=str(repo), embedder="tfidf",
+                      allowed_globs=["prompts/**/*.md", "agent.yaml"], config_files=["agent.yaml"],
+                      agent_factory="examples.devplatform_agent:build_agent", agent_config="agent.yaml",
+                      out_dir=str(tmp_path / "prs"))
+    graph = build_graph(checkpointer=InMemorySaver())
+    run: Any = {"configurable": {"thread_id": "loop", "loop": loop.model_dump()}}
+    state = graph.invoke({}, config=run)
+    assert state["diagnoses"], "the loop found nothing on an agent with four planted defects"
+    kinds = {s.kind for s in store.load_signals()}
+    assert {"tool_output_truncated", "language_mismatch", "frustration"} <= kinds
+    fixes = state.get("fixes", [])
+    assert all(f["target_file"] in ("prompts/support.md", "agent.yaml") for f in fixes)
+    if "__interrupt__" in state:
+        state = graph.invoke(Command(resume="approve_all"), config=run)
+        assert len(state.get("published", [])) == len(fixes)
+    store.close()
