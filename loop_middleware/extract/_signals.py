@@ -1518,7 +1518,8 @@ def tool_output_truncated(thread: Thread, ctx: DetectionContext) -> list[Signal]
     """A tool result reached the model cut short: it ends with a truncation marker.
 
     The marker must be the last thing in the result (a marker inside a document the tool
-    returned is not a cut). One signal per turn; ``details`` names the tools and the length each was cut at.
+    returned is not a cut). One signal per turn; ``details`` names the tools and, per cut result,
+    ``kept_chars`` (the content before the marker, without the ellipsis that introduces it).
     """
     out: list[Signal] = []
     for turn in thread.turns:
@@ -1531,7 +1532,9 @@ def tool_output_truncated(thread: Thread, ctx: DetectionContext) -> list[Signal]
             m = found[-1] if found else None
             if m is None or tail[m.end():].strip(" .\n"):
                 continue
-            kept = len(result) - len(tail) + m.start()
+            # Content kept before the marker, without the ellipsis/space that introduces it.
+            text = result.rstrip()
+            kept = len(text[: len(text) - len(tail) + m.start()].rstrip(" .…\n"))
             cut.append({"tool": call.name, "kept_chars": kept, "marker": m.group(0)})
         if cut:
             first = cut[0]

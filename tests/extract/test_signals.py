@@ -529,8 +529,8 @@ def test_language_mismatch_and_truncation_details() -> None:
     cut = next(p.values[1] for p in POSITIVE if p.id == "tool-output-truncated-marker")
     (sig,) = run("tool_output_truncated", cut)
     assert sig.details["tools"] == ["search_docs"]
-    assert sig.details["cuts"][0]["kept_chars"] == len(("Rotate a key. Keys belong to one project and " * 6).rstrip()) + 1
-    assert sig.evidence == "… [truncated: 812 more characters]"
+    assert sig.details["cuts"][0]["kept_chars"] == len(("Rotate a key. Keys belong to one project and " * 6).rstrip())
+    assert sig.evidence == "[truncated: 812 more characters]"
 
 
 def test_language_switch_details() -> None:
