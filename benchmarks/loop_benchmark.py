@@ -48,8 +48,20 @@ the true failures of every thread) is recorded on the side, and the loop is scor
 Target (issue): every planted defect in the top 5 with at most 1 false diagnosis, from no more
 than 500 threads, on every seed (at every prefix from there on).
 
+**The second example** (``--agent devplatform``, or ``both``, the default): the Kestrel Cloud
+developer-support agent (``examples/devplatform_agent/``, defects in its ``DEFECTS.md``: tool
+output cut by ``agent.yaml``, an upsell instruction, a forced reply language, a v2 regression in
+the SSO setup steps) through the same loop (``benchmarks/_example_loop.py``: host repo with v1
+then v2, cohort 1, the companion graph, every fix merged, cohort 2, measure). A diagnosis is true
+when most of its affected threads really suffered that defect (``SimulatedThread.failures``; the
+regression must be a ``regression``); its fix must change the defect's file; target: all four in
+the graph's top 5, <= 1 false, fixes on the right file, every measured delta negative. Results go
+to the ``devplatform`` key of the same JSON (the support agent's numbers are kept when only
+``--agent devplatform`` runs).
+
     python benchmarks/loop_benchmark.py                              # seeds 0,1,2; 500 threads
     python benchmarks/loop_benchmark.py --seeds 0 --threads 200 --sizes 1000
+    python benchmarks/loop_benchmark.py --agent devplatform --seeds 0
 """
 
 from __future__ import annotations
