@@ -48,8 +48,20 @@ the true failures of every thread) is recorded on the side, and the loop is scor
 Target (issue): every planted defect in the top 5 with at most 1 false diagnosis, from no more
 than 500 threads, on every seed (at every prefix from there on).
 
+**The second example** (``--agent devplatform``, or ``both``, the default): the Kestrel Cloud
+developer-support agent (``examples/devplatform_agent/``, defects in its ``DEFECTS.md``: tool
+output cut by ``agent.yaml``, an upsell instruction, a forced reply language, a v2 regression in
+the SSO setup steps) through the same loop (``benchmarks/_example_loop.py``: host repo with v1
+then v2, cohort 1, the companion graph, every fix merged, cohort 2, measure). A diagnosis is true
+when most of its affected threads really suffered that defect (``SimulatedThread.failures``; the
+regression must be a ``regression``); its fix must change the defect's file; target: all four in
+the graph's top 5, <= 1 false, fixes on the right file, every measured delta negative. Results go
+to the ``devplatform`` key of the same JSON (the support agent's numbers are kept when only
+``--agent devplatform`` runs).
+
     python benchmarks/loop_benchmark.py                              # seeds 0,1,2; 500 threads
     python benchmarks/loop_benchmark.py --seeds 0 --threads 200 --sizes 1000
+    python benchmarks/loop_benchmark.py --agent devplatform --seeds 0
 """
 
 from __future__ import annotations
@@ -77,6 +89,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `examples.support_agent` and the package from the checkout
+
+from _example_loop import DEVPLATFORM_DEFECTS, run_devplatform_seed  # noqa: E402
 
 import loop_middleware.demo as demo  # noqa: E402
 from loop_middleware.config import LoopConfig  # noqa: E402
@@ -117,6 +131,10 @@ DEFECTS: tuple[Defect, ...] = (
     Defect("c", "context cut after turn 8", "context_loss", frozenset({"order_status"}), "context_loss"),
     Defect("d", "v2 dropped Escalation", "regression", frozenset({"wants_human"}), "escalation_refused"),
 )
+
+SUPPORT_FIX_FILES: Mapping[str, str] = {"a": "prompts/support.md", "b": "prompts/support.md",
+                                        "c": "agent.yaml", "d": "prompts/support.md"}
+"""The file each planted defect's fix must change (``examples/support_agent/DEFECTS.md``)."""
 
 Truth = Mapping[str, Mapping[str, Any]]
 """thread id -> {"intent", "category", "failures", "cohort"}."""
@@ -404,7 +422,10 @@ def run_seed(work: Path, seed: int, threads: int, embedder_mode: str, k: int,
         diag_defect[d.id] = match_defect(d.failure_mode, list(d.details.get("affected_thread_ids", [])), truth)
     for f in data["fixes"]:
         delta = f.get("delta")
-        fixes.append({"kind": f["kind"], "title": f["title"], "defect": diag_defect.get(f["diagnosis_id"]),
+        defect = diag_defect.get(f["diagnosis_id"])
+        fixes.append({"kind": f["kind"], "title": f["title"], "defect": defect,
+                      "target_file": f["target_file"],
+                      "right_file": None if defect is None else f["target_file"] == SUPPORT_FIX_FILES[defect],
                       "decision": f["decision"], "delta": delta,
                       "right_sign": None if delta is None else delta < 0})
     c1 = [v for v in truth.values() if v["cohort"].startswith("c1")]
@@ -551,8 +572,35 @@ def print_table(seeds: Sequence[dict[str, Any]], k: int) -> None:
             console.print(f"   fix {f['kind']:14} defect={f['defect'] or '-'} delta={d} {f['decision']:6} {f['title'][:70]}")
 
 
+def print_devplatform(seeds: Sequence[dict[str, Any]], k: int) -> None:
+    tab = Table(title=f"Kestrel Cloud (devplatform) planted defects in the top {k}")
+    for col in ("seed", "cohort 1", "diagnoses", "found", "false", "fix on the right file", "fixes (delta<0)",
+                "target"):
+        tab.add_column(col)
+    for r in seeds:
+        fx = r["fixes"]
+        signs = f"{sum(bool(f['right_sign']) for f in fx)}/{sum(f['delta'] is not None for f in fx)}"
+        tab.add_row(str(r["seed"]), f"{r['threads_v1']}+{r['threads_v2']}", str(r["diagnoses"]),
+                    ",".join(r["loop"]["found"]) or "-", str(r["loop"]["false"]),
+                    ",".join(r["fixed_right_file"]) or "-", signs, "yes" if r["target_met"] else "no")
+    console.print(tab)
+    for r in seeds:
+        console.print(f"seed {r['seed']} top {k}:")
+        for row in r["loop"]["top"]:
+            console.print(f"   {row['failure_mode']:18} {row['signal']:22} {row['intent'][:40]:40} "
+                          f"n={row['sessions']:3}  -> {row['defect'] or 'FALSE'}")
+        for f in r["fixes"]:
+            d = f"{f['delta']:+.3f}" if f["delta"] is not None else "  n/a "
+            console.print(f"   fix {f['kind']:12} {f['target_file']:20} defect={f['defect'] or '-'} "
+                          f"delta={d} {f['decision']:6} {f['title'][:60]}")
+        console.print(f"   true failure rates per cohort: {r['truth_failure_rates']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agent", default="both", choices=("both", "support", "devplatform"),
+                    help="which example agent(s) to run the loop on (default both; the other agent's "
+                         "numbers already in --out are kept)")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated simulation seeds (default 0,1,2)")
     ap.add_argument("--threads", type=int, default=500,
                     help="threads per prompt-v2 cohort (v1 gets half as many before it; default 500)")
@@ -576,33 +624,57 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     prefixes = [int(s) for s in args.prefixes.split(",") if s.strip()]
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    results = []
-    for seed in seeds:
-        console.print(f"seed {seed}: loop on {args.threads} threads ...")
-        results.append(run_seed(work, seed, args.threads, args.embedder, args.k, prefixes, args.reuse,
-                                control=args.control, shuffles=args.shuffles))
-    print_table(results, args.k)
-    timing = run_timing(work, sizes, args.embedder) if sizes else {}
-    out = {
-        "k": args.k, "threads": args.threads, "embedder": args.embedder,
-        "target": "every planted defect in the top 5 with at most 1 false diagnosis, "
-                  "from <= 500 threads, on every seed",
-        "target_met": all(r["target_met"] for r in results),
-        "no_regression_controls": {
-            "control_regressions": (sum(r["control"]["regressions"] for r in results)
-                                    if args.control else None),
-            "shuffles_with_regression": (sum(r["shuffle_null"]["runs_with_regression"] for r in results)
-                                         if args.shuffles else None),
-            "shuffles": args.shuffles * len(results) if args.shuffles else 0,
-        },
-        "defects": {d.key: {"name": d.name, "failure_mode": d.failure_mode,
-                            "intents": sorted(d.intents), "failure": d.failure} for d in DEFECTS},
-        "seeds": results, "timing": timing,
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
-    }
+    previous: dict[str, Any] = {}
+    if args.out.exists():
+        with contextlib.suppress(ValueError):
+            previous = json.loads(args.out.read_text())
+    out: dict[str, Any] = dict(previous) if args.agent == "devplatform" else {}
+    if args.agent in ("both", "support"):
+        results = []
+        for seed in seeds:
+            console.print(f"support seed {seed}: loop on {args.threads} threads ...")
+            results.append(run_seed(work, seed, args.threads, args.embedder, args.k, prefixes, args.reuse,
+                                    control=args.control, shuffles=args.shuffles))
+        print_table(results, args.k)
+        timing = run_timing(work, sizes, args.embedder) if sizes else {}
+        # The support agent's numbers stay at the top level (the layout earlier results used).
+        out = {
+            "k": args.k, "threads": args.threads, "embedder": args.embedder,
+            "target": "every planted defect in the top 5 with at most 1 false diagnosis, "
+                      "from <= 500 threads, on every seed",
+            "target_met": all(r["target_met"] for r in results),
+            "no_regression_controls": {
+                "control_regressions": (sum(r["control"]["regressions"] for r in results)
+                                        if args.control else None),
+                "shuffles_with_regression": (sum(r["shuffle_null"]["runs_with_regression"] for r in results)
+                                             if args.shuffles else None),
+                "shuffles": args.shuffles * len(results) if args.shuffles else 0,
+            },
+            "defects": {d.key: {"name": d.name, "failure_mode": d.failure_mode,
+                                "intents": sorted(d.intents), "failure": d.failure} for d in DEFECTS},
+            "seeds": results, "timing": timing,
+            "machine": {"python": platform.python_version(), "platform": platform.platform()},
+            "devplatform": previous.get("devplatform"),
+        }
+    if args.agent in ("both", "devplatform"):
+        dev = []
+        for seed in seeds:
+            console.print(f"devplatform seed {seed}: loop on {args.threads} threads ...")
+            dev.append(run_devplatform_seed(work, seed, args.threads, args.embedder, args.k))
+        print_devplatform(dev, args.k)
+        out["devplatform"] = {
+            "k": args.k, "threads": args.threads, "embedder": args.embedder,
+            "target": "every planted defect in the top 5 with its fix against the right file, <= 1 false "
+                      "diagnosis in the top 5, every fix's measured delta the right sign",
+            "target_met": all(r["target_met"] for r in dev),
+            "defects": {d.key: {"name": d.name, "failure": d.failure, "target_file": d.target_file,
+                                "failure_modes": sorted(d.failure_modes)} for d in DEVPLATFORM_DEFECTS},
+            "seeds": dev,
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
-    console.print(f"target met on every seed: {out['target_met']}   results: {args.out}")
+    console.print(f"support target met: {out.get('target_met')}   devplatform target met: "
+                  f"{(out.get('devplatform') or {}).get('target_met')}   results: {args.out}")
     return 0
 
 

@@ -1474,6 +1474,76 @@ def _is_script_language(lang: str) -> bool:
     return lang not in _STOPWORDS
 
 
+@register_detector("language_mismatch")
+def language_mismatch(thread: Thread, ctx: DetectionContext) -> list[Signal]:
+    """The agent replied in another language than the user's message of the same turn.
+
+    Both languages must be told by :func:`detect_language` (too short or unknown texts are
+    skipped), so a reply quoting a product name or a command does not count. Unlike
+    ``language_switch`` (the *user* changes language mid-thread), this fires on the first turn
+    too: a user who writes Spanish from the start and is answered in English. ``details`` holds
+    both languages.
+    """
+    out: list[Signal] = []
+    for turn in thread.turns:
+        if not turn.user_text or not turn.reply_text:
+            continue
+        user_lang = detect_language(turn.user_text)
+        reply_lang = detect_language(turn.reply_text)
+        if user_lang is None or reply_lang is None or user_lang == reply_lang:
+            continue
+        script_change = _is_script_language(user_lang) or _is_script_language(reply_lang)
+        out.append(_signal(thread, "language_mismatch", turn,
+                           clip_quote(turn.reply_text, 0, None, ctx.evidence_max_chars),
+                           0.85 if script_change else 0.7, user_language=user_lang,
+                           reply_language=reply_lang))
+    return out
+
+
+# A marker a harness or tool leaves at the end of output it cut: "[truncated]", "… [truncated:
+# 812 more characters]", "(output truncated)", "<truncated>", "... (1,234 more lines)".
+_TRUNCATION_MARKER = re.compile(
+    r"[\[(<]\s*(?:output |result |response |text )?truncated\b[^\])>]{0,80}[\])>]"
+    r"|\btruncated (?:after|at|to) [\d,]+ ?(?:chars?|characters|bytes|tokens|lines)\b"
+    r"|(?:\.\.\.|…)\s*[\[(]?[\d,]+ (?:more )?(?:chars?|characters|bytes|tokens|lines)"
+    r"(?: (?:truncated|omitted|hidden))?[\])]?",
+    re.IGNORECASE,
+)
+_TRUNCATION_TAIL = 160
+"""Characters at the end of a tool result searched for a truncation marker."""
+
+
+@register_detector("tool_output_truncated")
+def tool_output_truncated(thread: Thread, ctx: DetectionContext) -> list[Signal]:
+    """A tool result reached the model cut short: it ends with a truncation marker.
+
+    The marker must be the last thing in the result (a marker inside a document the tool
+    returned is not a cut). One signal per turn; ``details`` names the tools and, per cut result,
+    ``kept_chars`` (the content before the marker, without the ellipsis that introduces it).
+    """
+    out: list[Signal] = []
+    for turn in thread.turns:
+        cut: list[dict[str, Any]] = []
+        for call in turn.tool_calls:
+            result = call.result or ""
+            tail = result.rstrip()[-_TRUNCATION_TAIL:]
+            found = list(_TRUNCATION_MARKER.finditer(tail))
+            # The marker must *end* the result: one inside the text is the text's own word.
+            m = found[-1] if found else None
+            if m is None or tail[m.end():].strip(" .\n"):
+                continue
+            # Content kept before the marker, without the ellipsis/space that introduces it.
+            text = result.rstrip()
+            kept = len(text[: len(text) - len(tail) + m.start()].rstrip(" .…\n"))
+            cut.append({"tool": call.name, "kept_chars": kept, "marker": m.group(0)})
+        if cut:
+            first = cut[0]
+            out.append(_signal(thread, "tool_output_truncated", turn,
+                               clip_quote(first["marker"], 0, None, ctx.evidence_max_chars), 0.9,
+                               tools=sorted({c["tool"] for c in cut}), cuts=cut))
+    return out
+
+
 @register_detector("latency_outlier")
 def latency_outlier(thread: Thread, ctx: DetectionContext) -> list[Signal]:
     """A turn much slower than the batch (``ctx.latency_threshold_ms``, see :func:`latency_threshold`)."""

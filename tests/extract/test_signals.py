@@ -286,6 +286,25 @@ POSITIVE: list[Any] = [
         ("Hola, quiero cambiar la dirección de mi pedido.", "Claro, ¿cuál es la nueva dirección?"),
         ("Actually can you do this in English, it is easier for my husband", "Of course."),
     ), None, 1, id="language-switch-es-en"),
+    # language_mismatch: the reply is not in the user's language (from the first turn on)
+    pytest.param("language_mismatch", make_thread(
+        ("¿Cómo puedo cambiar la dirección de mi pedido, por favor?",
+         "You can change the delivery address in the app under Orders, then tap Edit address."),
+    ), None, 0, id="language-mismatch-es-en"),
+    pytest.param("language_mismatch", make_thread(
+        ("Hello, where is my package? It is late.", "It left our warehouse yesterday."),
+        ("注文がまだ届いていません。どうなっていますか？", "It should arrive tomorrow, sorry for the wait."),
+    ), None, 1, id="language-mismatch-ja-en"),
+    # tool_output_truncated: a tool result ending with a cut marker
+    pytest.param("tool_output_truncated", make_thread(
+        ("How do I rotate a key?", "The page was cut off.",
+         [tool("search_docs", "Rotate a key. Keys belong to one project and " * 6
+               + "… [truncated: 812 more characters]")]),
+    ), None, 0, id="tool-output-truncated-marker"),
+    pytest.param("tool_output_truncated", make_thread(
+        ("Hi", "Hello!"),
+        ("Show me the build log", "Here it is.", [tool("get_log", "line 1\nline 2\n... (1,234 more lines)")]),
+    ), None, 1, id="tool-output-truncated-lines"),
     # latency_outlier (threshold given explicitly; the batch computation is tested below)
     pytest.param("latency_outlier", make_thread(
         turn("Where is my refund?", "It was issued today.", latency_ms=1800.0),
@@ -307,6 +326,18 @@ POSITIVE: list[Any] = [
 ]
 
 NEGATIVE: list[Any] = [
+    pytest.param("language_mismatch", make_thread(
+        ("¿Dónde está mi pedido? Lo pedí hace una semana.", "Tu pedido salió ayer y llega mañana."),
+        ("ok", "Great, have a nice day!"),  # too short to tell
+    ), id="language-mismatch-same-language"),
+    pytest.param("language_mismatch", make_thread(
+        ("Hello, where is my package? It is late.", "Run `kestrel deploys list`"),
+    ), id="language-mismatch-reply-unknown"),
+    pytest.param("tool_output_truncated", make_thread(
+        ("What does truncated mean in your logs?", "It means the output was shortened.",
+         [tool("search_docs", "A result marked [truncated] was cut by the harness. See the limits page "
+               "for the exact settings and how to raise them for your project; " * 3)]),
+    ), id="tool-output-truncated-marker-inside-the-text"),
     pytest.param("frustration", make_thread(
         ("Hi, how do I reset my password?", "Click 'Forgot password' on the login page."),
         ("Thanks, that worked!", "Glad to help!"),
@@ -491,6 +522,17 @@ def test_evidence_is_verbatim_on_random_threads(spec: list[tuple[Any, ...]]) -> 
 # --- specific behaviour ----------------------------------------------------------------------------
 
 
+def test_language_mismatch_and_truncation_details() -> None:
+    es = next(p.values[1] for p in POSITIVE if p.id == "language-mismatch-es-en")
+    (sig,) = run("language_mismatch", es)
+    assert sig.details == {"user_language": "es", "reply_language": "en"}
+    cut = next(p.values[1] for p in POSITIVE if p.id == "tool-output-truncated-marker")
+    (sig,) = run("tool_output_truncated", cut)
+    assert sig.details["tools"] == ["search_docs"]
+    assert sig.details["cuts"][0]["kept_chars"] == len(("Rotate a key. Keys belong to one project and " * 6).rstrip())
+    assert sig.evidence == "[truncated: 812 more characters]"
+
+
 def test_language_switch_details() -> None:
     thread = next(p.values[1] for p in POSITIVE if p.id == "language-switch-ja")
     (sig,) = run("language_switch", thread)
@@ -603,7 +645,8 @@ def test_turn_latency_falls_back_to_timestamps() -> None:
 def test_default_registry_has_the_builtins_in_order() -> None:
     assert BUILTIN_DETECTORS == (
         "frustration", "abandonment", "escalation", "refusal", "tool_error", "ungrounded", "stall",
-        "context_loss", "language_switch", "latency_outlier", "negative_feedback", "self_report",
+        "context_loss", "language_switch", "language_mismatch", "tool_output_truncated",
+        "latency_outlier", "negative_feedback", "self_report",
     )
     assert all(name in default_registry for name in BUILTIN_DETECTORS)
 
