@@ -390,8 +390,12 @@ def analyze_cmd(
                       f"{d.rate_in_intent:.0%} / {d.rate_elsewhere:.0%}", f"{d.lift:.1f}x",
                       f"{d.q_value:.1g}")
     console.print(table)
+    from rich.markup import escape
+
     for i, d in enumerate(shown[:top], 1):
-        console.print(f"[bold]{i}.[/] {d.summary}", highlight=False)
+        console.print(f"[bold]{i}. {escape(d.headline or d.summary)}[/]", highlight=False)
+        if d.headline:
+            console.print(f"   {escape(d.summary)}", highlight=False)
 
 
 RepoOption = Annotated[Path, typer.Option("--repo", envvar="LOOP_REPO_DIR",

@@ -208,7 +208,7 @@ def run_demo(
     timings["analyze_propose_s"] = time.perf_counter() - t
     diagnoses = state.get("diagnoses", [])
     for i, d in enumerate(diagnoses[:8], 1):
-        say(f"      {i}. [{d['failure_mode']}] {d['summary'][:220]}")
+        say(f"      {i}. [{d['failure_mode']}] {d.get('headline') or d['summary'][:220]}")
     fixes = state.get("fixes", [])
     say(f"[3/7] propose: {len(fixes)} fixes as reviewable diffs (replayed against the agent first)")
     for f in fixes:

@@ -267,6 +267,9 @@ class Diagnosis(_Model):
     ``loop_stall``, or ``unexplained``."""
     summary: str
     """The root-cause sentence, with numbers."""
+    headline: str = ""
+    """One sentence a product team reads first: ``"<intent> <fails how> because <cause>, <share>
+    of sessions"`` (the numbers, evidence and tests are in :attr:`summary` and below)."""
     sessions_affected: int
     share_of_sessions: float
     """Sessions affected / all sessions analysed."""

@@ -134,6 +134,24 @@ def diagnosis_id(intent_id: str | None, signal: str, failure_mode: str, prompt_s
     return "dx-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
+def _short(clause: str) -> str:
+    """A cause without its parenthetical details: "the prompt has no refund policy"."""
+    depth, out = 0, []
+    for ch in clause:
+        if ch == "(":
+            depth += 1
+        elif ch == ")" and depth:
+            depth -= 1
+        elif depth == 0:
+            out.append(ch)
+    return " ".join("".join(out).split()).rstrip(" ;,")
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return (text[:1].upper() + text[1:]).rstrip(".") + "."
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -541,8 +559,10 @@ def _build(
                    f"(lift {lift:.1f}x, q={q:.2g})")
     if primary.failure_mode == "unexplained":
         summary = f"{subject}, cause not identified: {numbers}"
+        headline = f"{name} {what}, cause not identified, {_pct(a / total)} of sessions"
     else:
         summary = f"{subject} because {primary.clause}: {numbers}"
+        headline = f"{name} {what} because {_short(primary.clause)}, {_pct(a / total)} of sessions"
 
     details: dict[str, Any] = dict(primary.details)
     details["signals"] = kinds
@@ -562,7 +582,7 @@ def _build(
         id=diagnosis_id(intent_id, primary_cell.signal, primary.failure_mode,
                         prompt.sha256 if prompt else None),
         intent_id=intent_id, intent_name=name, signal=primary_cell.signal,
-        failure_mode=primary.failure_mode, summary=summary,
+        failure_mode=primary.failure_mode, summary=summary, headline=_sentence(headline),
         sessions_affected=a, share_of_sessions=a / total, rate_in_intent=rate_in,
         rate_elsewhere=rate_out, lift=lift, p_value=p, q_value=q, impact=impact,
         confidence=max(h.confidence for _, h in group),
@@ -623,6 +643,8 @@ def _build_situation(
                f"({_pct(a / total)} of sessions), about {excess:.0f} of them added by the change; "
                f"{'/'.join(sorted(kinds))} after {trigger} {_pct(rate_in)} vs {_pct(rate_out)} in "
                f"sessions without {trigger}")
+    headline = (f"After {trigger}, sessions {what} because {_short(primary.clause)}, "
+                f"{_pct(a / total)} of sessions")
     roots = [c for c in attributed if "follows" not in c]
     if roots:
         summary += "; it also explains " + ", ".join(
@@ -650,7 +672,7 @@ def _build_situation(
     return Diagnosis(
         id=diagnosis_id(None, primary_test["signal"], "regression", prompt.sha256, situation=trigger),
         intent_id=None, intent_name=name, signal=primary_test["signal"], failure_mode="regression",
-        summary=summary, sessions_affected=a, share_of_sessions=a / total, rate_in_intent=rate_in,
+        summary=summary, headline=_sentence(headline), sessions_affected=a, share_of_sessions=a / total, rate_in_intent=rate_in,
         rate_elsewhere=rate_out, lift=lift, p_value=p, q_value=q, impact=impact,
         confidence=max(h.confidence for _, h in group),
         prompt_sha256=prompt.sha256, prompt_path=prompt.path, evidence=evidence, details=details,

@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 
 from scipy.stats import fisher_exact
 
+from .._topics import refusal_topics, topic_label
 from ..extract._signals import clip_quote as _clip
 from ..types import Evidence, Intent, PromptVersion, Signal, Thread, ToolCall, Turn
 from ._stats import CellStat, DiagnoseConfig, stratified_exact_test
@@ -535,10 +536,24 @@ def coverage_gap(ctx: CellContext) -> Hypothesis | None:
                 asks.append(ev)
                 break
     failures = [_signal_evidence(ctx, t) for t in affected]
-    label = missing_words[0]
+    # The topic in the agent's own words when it says what it cannot do ("I can't help with
+    # refunds" in most affected sessions), else the most distinctive missing term.
+    said: Counter[tuple[str, ...]] = Counter()
+    for t in affected:
+        replies = [m.content for turn in _turns_upto(t, ctx.horizon(t)) for m in turn.messages
+                   if m.role == "assistant" and m.content]
+        said.update(set(refusal_topics(replies)))
+    topic_words = sorted(said.items(), key=lambda kv: (-kv[1], kv[0]))[0] if said else None
     quoted = ", ".join(f"'{w}'" for w in missing_words[:4]) + (" ..." if len(missing_words) > 4 else "")
-    clause = (f"the prompt has no {label} guidance (terms {quoted} absent from "
-              f"{_prompt_label(target)})")
+    if topic_words is not None and topic_words[1] >= cfg.min_support * len(affected):
+        label = topic_label(topic_words[0])
+        clause = (f"the prompt has no {label} policy (the agent says it cannot help with "
+                  f"{' '.join(topic_words[0])} in {topic_words[1]} of {len(affected)} affected "
+                  f"sessions; terms {quoted} absent from {_prompt_label(target)})")
+    else:
+        label = missing_words[0]
+        clause = (f"the prompt has no {label} policy (terms {quoted} absent from "
+                  f"{_prompt_label(target)})")
     return Hypothesis(
         failure_mode="coverage_gap", clause=clause,
         confidence=round(missing_share * (served / len(affected)), 3),
@@ -546,6 +561,7 @@ def coverage_gap(ctx: CellContext) -> Hypothesis | None:
         details={"missing_terms": missing_words, "key_terms": [w for w, _ in terms],
                  "present_terms": [w for w, stems in terms if (w, stems) not in missing],
                  "missing_share": round(missing_share, 3),
+                 "topic": label,
                  "informed_by_tools": informed,
                  "prompt_versions_checked": sorted(pv.short for pv in texts.values())},
         prompt=target,

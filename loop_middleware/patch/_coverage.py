@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
+from loop_middleware._topics import phrase_words, refusal_topics, singular, topic_label
 from loop_middleware.patch._edits import (
     DRAFT_MARKER,
     EditContext,
@@ -42,51 +40,10 @@ __all__ = ["coverage_gap_edit", "topic_heading", "topic_words"]
 
 logger = logging.getLogger("loop_middleware.patch")
 
-# What an agent says when it cannot do something: the object names the uncovered topic.
-_CANNOT = re.compile(
-    r"\b(?:can(?:no|['’])t|cannot|unable to|not able to|don['’]t|do not|am not allowed to)\s+"
-    r"(?:help|assist|handle|deal|process|support|answer questions about|answer|discuss)\s+"
-    r"(?:you\s+)?(?:with\s+|about\s+|on\s+)?(?P<what>[^.,;:!?\n]{3,60})",
-    re.IGNORECASE)
-# Words that never name a topic on their own: English stop words (scikit-learn's list) and the
-# words any support request is made of.
-_FILLER = ENGLISH_STOP_WORDS | {
-    "request", "requests", "question", "questions", "issue", "issues", "problem", "problems",
-    "thing", "things", "today", "right", "please", "kind", "sort", "type", "ones", "stuff",
-    "matter", "matters", "case", "cases", "topic", "topics", "that's", "help", "support",
-}
-
-
 def _agent_said(quote: str, thread: Thread | None) -> bool:
     if thread is None or not quote:
         return False
     return any(m.role == "assistant" and quote in m.content for t in thread.turns for m in t.messages)
-
-
-def _phrase_words(text: str) -> list[str]:
-    """The content words of a short phrase (no stop words, no contractions like "isn't")."""
-    words = re.findall(r"[^\W\d_][\w'’-]*", text.lower())
-    return [w for w in words if w not in _FILLER and "'" not in w and "’" not in w
-            and len(w) >= 3][:3]
-
-
-def _singular(word: str) -> str:
-    w = word.lower()
-    if len(w) > 4 and w.endswith("ies"):
-        return w[:-3] + "y"
-    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
-        return w[:-1]
-    return w
-
-
-def _refusal_objects(texts: Sequence[str]) -> Counter[tuple[str, ...]]:
-    found: Counter[tuple[str, ...]] = Counter()
-    for text in texts:
-        for m in _CANNOT.finditer(text):
-            words = _phrase_words(m.group("what"))
-            if words:
-                found[tuple(words)] += 1
-    return found
 
 
 def topic_words(d: Diagnosis, threads: Mapping[str, Thread] | None = None) -> list[str]:
@@ -104,25 +61,22 @@ def topic_words(d: Diagnosis, threads: Mapping[str, Thread] | None = None) -> li
         if t is not None:
             replies += [m.content for turn in t.turns for m in turn.messages
                         if m.role == "assistant" and m.content]
-    objects = _refusal_objects(replies)
+    objects = refusal_topics(replies)
     if objects:
         best = sorted(objects.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
         return list(best)
     for term in d.details.get("missing_terms") or []:  # the most distinctive first
-        words = _phrase_words(str(term))
+        words = phrase_words(str(term))
         if words:
             return words[:2]
-    return _phrase_words(d.intent_name)[:2]
+    return phrase_words(d.intent_name)[:2]
 
 
 def topic_heading(d: Diagnosis, threads: Mapping[str, Thread] | None = None) -> str:
     """``"<Topic> policy"`` from :func:`topic_words` (``"Refund policy"``); letters, digits,
     spaces and hyphens only. ``"Unanswered requests"`` when nothing names the topic."""
-    words = [re.sub(r"[^a-z0-9\-]", "", _singular(w)) for w in topic_words(d, threads)]
-    words = [w for w in words if w]
-    if not words:
-        return "Unanswered requests"
-    return f"{' '.join(words).capitalize()} policy"
+    label = topic_label(topic_words(d, threads))
+    return f"{label.capitalize()} policy" if label else "Unanswered requests"
 
 
 def _tools_for(stems: set[str], prompt_text: str, threads: Mapping[str, Thread]) -> list[str]:
@@ -190,7 +144,7 @@ def coverage_gap_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> Propose
         logger.info("diagnosis %s: %s already has a %r section; no coverage edit", d.id, rel, heading)
         return None
     words = topic_words(d, ctx.threads)
-    topic = " ".join(_singular(w) for w in words) or "this topic"
+    topic = " ".join(singular(w) for w in words) or "this topic"
     stems = {stem(w) for w in words}
     facts = find_facts(repo_dir, words, exclude=[rel], limit=ctx.config.max_quotes + 2)
     tools = _tools_for(stems, text, ctx.threads)

@@ -102,6 +102,7 @@ def render_rationale(d: Diagnosis, edit: ProposedEdit, config: ProposeConfig,
     intent = neutralise(d.intent_name, 80)
     signal = neutralise(d.signal, 40)
     lines = [
+        *([neutralise(d.headline, 300), ""] if d.headline else []),
         neutralise(d.summary, 600),
         "",
         f"- Failure mode: {neutralise(d.failure_mode, 40)} (signal: {signal}"

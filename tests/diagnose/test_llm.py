@@ -45,7 +45,7 @@ THREADS = {t.thread_id: t for t in [
                    "I'm sorry, but I can't help with that request.", "Useless."),
 ]}
 
-OFFLINE = ("'refund request' intent gets refusals because the prompt has no refund guidance "
+OFFLINE = ("'refund request' intent gets refusals because the prompt has no refund policy "
            "(terms 'refund', 'money back' absent from prompts/support.md @ d58f47cdca9b): "
            "10 sessions (17.9% of sessions); refusal rate 62.5% in the intent vs 2.5% elsewhere "
            "(lift 25.0x, q=7.4e-05)")

@@ -192,3 +192,30 @@ def test_repeats_of_a_root_cause_rank_after_new_root_causes() -> None:
                      ("ungrounded_answer", "int-tracking")]
     # ... although the repeat has the larger impact than the coverage gap.
     assert ds[2].impact > ds[1].impact
+
+
+def test_headline_names_the_topic_in_the_agents_own_words_with_the_share(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.diagnose.test_root_causes as mod
+
+    monkeypatch.setattr(mod, "REFUSAL", "I'm sorry, I can't help with refunds. Please check the app.")
+    refund, signals = refused_refunds(16, 12)
+    others = plain("pw", PASSWORD_ASKS, 30) + plain("tr", TRACKING_ASKS, 30)
+    assignments = {**assign(refund, "refund"), **assign(others[:30], "password"),
+                   **assign(others[30:], "tracking")}
+    ds = diagnose(refund + others, signals, list(INTENTS.values()), assignments)
+    [d] = [x for x in ds if x.intent_id == "int-refund"]
+    name = INTENTS["refund"].name
+    share = f"{100 * 12 / 76:.1f}%"
+    assert d.headline == (f"{name[:1].upper()}{name[1:]} gets refusals and is abandoned and "
+                          f"frustrates users because the prompt has no refund policy, {share} of sessions.")
+    assert d.details["topic"] == "refund"
+    assert "the agent says it cannot help with refunds in 12 of 12 affected sessions" in d.summary
+    # Without the agent saying what it cannot do, the topic is the most distinctive missing term.
+    monkeypatch.setattr(mod, "REFUSAL", "I'm sorry, but I can't help with that request.")
+    refund, signals = refused_refunds(16, 12)
+    ds = diagnose(refund + others, signals, list(INTENTS.values()),
+                  {**assignments, **assign(refund, "refund")})
+    [d] = [x for x in ds if x.intent_id == "int-refund"]
+    assert d.headline.endswith(f"because the prompt has no {d.details['missing_terms'][0]} policy, "
+                               f"{share} of sessions.")
