@@ -202,7 +202,10 @@ def propose_fixes_node(state: LoopState, config: RunnableConfig) -> LoopState:
     store = _store(cfg)
     diagnoses = [Diagnosis.model_validate(d) for d in state.get("diagnoses", [])]
     done = {f.diagnosis_id for f in store.load_fixes() if f.status not in ("rejected",)}
-    todo = [d for d in diagnoses if d.id not in done]
+    # A diagnosis merged across intents keeps its strongest member's id; its other members'
+    # earlier ids (``details["merged_ids"]``) may already have a fix: the cause is acted on.
+    todo = [d for d in diagnoses
+            if d.id not in done and not done & set(d.details.get("merged_ids") or ())]
     replay = None
     if cfg.agent_factory:
         from .patch._replay import ReplayGuard

@@ -555,6 +555,12 @@ def measure_fix(
         )
     intent_id = details.get("intent_id", diagnosis.intent_id if diagnosis else None)
     assignments = src.assignments_for(intent_id)
+    # A diagnosis merged across intents (one root cause in several intents) is measured on all
+    # of them: the fix changes the cause, so every intent it hit is the target, none a guardrail.
+    spans = details.get("intent_ids") or (diagnosis.details.get("intent_ids") if diagnosis else None)
+    targets = {str(intent_id)} if intent_id is not None else set()
+    if intent_id is not None and isinstance(spans, list):
+        targets |= {str(i) for i in spans if i is not None}
     before, after = cohorts_for_fix(fix, src.threads, diagnosis=diagnosis,
                                     prompt_versions=src.prompt_versions)
     now = _utc(now) or datetime.now(UTC)
@@ -573,9 +579,13 @@ def measure_fix(
         target_key = None
     else:
         target_key = str(intent_id)
-        (bx, bn), (ax, an) = per_intent.get(target_key, ((0, 0), (0, 0)))
+        hit = [per_intent.get(k, ((0, 0), (0, 0))) for k in sorted(targets)]
+        bx, bn = sum(b[0] for b, _ in hit), sum(b[1] for b, _ in hit)
+        ax, an = sum(a[0] for _, a in hit), sum(a[1] for _, a in hit)
     intent = src.intents.get(str(intent_id)) if intent_id is not None else None
     intent_label = intent.name if intent else (str(intent_id) if intent_id is not None else None)
+    if intent_label is not None and len(targets) > 1:
+        intent_label += f" (+{len(targets) - 1} more intents with the same cause)"
     direction = fix.expected_direction
     planned_effect = details.get("planned_effect")
 
@@ -635,7 +645,8 @@ def measure_fix(
 
     gmin = min_n if guardrail_min_n is None else guardrail_min_n
     flags = guardrail_check(
-        {k: v for k, v in per_intent.items() if k != UNASSIGNED},
+        {k: v for k, v in per_intent.items()
+         if k != UNASSIGNED and (k == target_key or k not in targets)},
         target_key or "", harm_threshold=harm_threshold, min_n=gmin, alpha=alpha,
         expected_direction=direction,
     ) if target_key is not None else []
@@ -657,7 +668,7 @@ def measure_fix(
 
     members = None if target_key is None else {
         tid for tid in (*before.thread_ids, *after.thread_ids)
-        if _intent_of(assignments, tid) == target_key
+        if _intent_of(assignments, tid) in targets
     }
     series = (_series(before, "before", members, src.times, src.fired, kinds)
               + _series(after, "after", members, src.times, src.fired, kinds))

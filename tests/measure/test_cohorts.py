@@ -447,6 +447,29 @@ def test_guardrail_flags_a_fix_that_helps_its_intent_but_hurts_another(world: Wo
     assert result.guardrails[0].delta > 0.05
 
 
+def test_a_fix_for_a_cause_spanning_intents_is_measured_on_all_of_them(world: World) -> None:
+    # The same traffic as the guardrail test, but the fix's diagnosis was merged across both
+    # intents (one root cause): both are its target, so neither is a guardrail, and the cohort
+    # rates are pooled over both intents.
+    w = world
+    w.traffic(refund=40, order=40)
+    w.extract()
+    mixed = BASE_PROMPT + REFUND_SECTION + NO_SHIPPING
+    refund, order = w.intent_of_kind("refund"), w.intent_of_kind("order")
+    fix = w.fix(mixed, intent_ids=[refund, order])
+    w.write_prompt(mixed)
+    w.traffic(refund=40, order=40)
+    w.extract()
+    result = measure_fix(fix, w.store, min_n=10)
+    assert result.guardrails == []
+    assert result.intent_id == refund and result.intent_name and "+1 more" in result.intent_name
+    assert result.comparison is not None
+    (rb, ra), (ob, oa) = result.per_intent[refund], result.per_intent[order]
+    assert result.comparison.before.n == rb[1] + ob[1] and result.comparison.after.n == ra[1] + oa[1]
+    assert result.comparison.before.x == rb[0] + ob[0]
+    assert result.comparison.after.x == ra[0] + oa[0]
+
+
 def test_config_change_is_measured_on_time_bounded_cohorts_and_mix_adjusted(world: World) -> None:
     """A config change (no prompt hash moves) that changes nothing, while traffic shifts to the
     easy intent: the naive overall rate 'improves', the mix-adjusted one does not."""
