@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-rss-gb", type=float, default=8.0)
     ap.add_argument("--timeout", type=float, default=3600.0, help="per measurement (s)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the measurements already in the results file that this run does "
+                         "not repeat (same --threads/--small), e.g. to add --modes default later")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -371,12 +374,29 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
                 shutil.rmtree(server.base, ignore_errors=True)
     results["load_after"] = os.getloadavg()
+    if args.merge and RESULTS.is_file():
+        results = merged(json.loads(RESULTS.read_text()), results)
+        modes = sorted({k.split("/")[0] for k in results.get("extract", {})})
+        executors = sorted({k.split("/")[2] for k in results.get("extract", {})})
     results["targets"] = targets(results, modes, executors)
     print(json.dumps(results["targets"], indent=2))
     if not args.no_write:
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
+
+
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` over ``old``: extract runs and loops by key; every run keeps its own load/time."""
+    if (old.get("threads"), old.get("small")) != (new["threads"], new["small"]):
+        sys.exit(f"--merge: {RESULTS.name} is for {old.get('threads')}/{old.get('small')} threads")
+    out = {**old, **{k: v for k, v in new.items() if k not in ("extract", "loop")}}
+    out["extract"] = {**old.get("extract", {}), **new.get("extract", {})}
+    out["loop"] = {**old.get("loop", {}), **new.get("loop", {})}
+    out["runs"] = [*old.get("runs", [{"started": old.get("started")}]),
+                   {"started": new["started"], "measured": sorted(new.get("extract", {}))
+                    + [f"loop/{n}" for n in new.get("loop", {})]}]
+    return out
 
 
 def targets(results: dict[str, Any], modes: list[str], executors: list[str]) -> dict[str, Any]:
