@@ -44,6 +44,7 @@ from ..types import SELF_REPORT_TOOL, Feedback, Message, Signal, Thread, ToolCal
 __all__ = [
     "BUILTIN_DETECTORS",
     "DEFAULT_CONTEXT_BUDGETS",
+    "LANGUAGE_NAMES",
     "DetectionContext",
     "Detector",
     "DetectorRegistry",
@@ -55,6 +56,7 @@ __all__ = [
     "detect_thread",
     "latency_threshold",
     "register_detector",
+    "truncation_sizes",
     "turn_latency_ms",
 ]
 
@@ -1002,6 +1004,25 @@ def _latin_language(text: str) -> str | None:
     return None
 
 
+LANGUAGE_NAMES: Mapping[str, str] = {
+    # English name and endonym -> the code detect_language returns. Generic (ISO 639-1 codes of
+    # widely used languages), so a prompt line that names a reply language can be compared with
+    # the language the replies were detected in.
+    "english": "en", "spanish": "es", "español": "es", "castilian": "es", "french": "fr",
+    "français": "fr", "german": "de", "deutsch": "de", "italian": "it", "italiano": "it",
+    "portuguese": "pt", "português": "pt", "dutch": "nl", "nederlands": "nl", "russian": "ru",
+    "русский": "ru", "ukrainian": "uk", "українська": "uk", "greek": "el", "ελληνικά": "el",
+    "hebrew": "he", "עברית": "he", "arabic": "ar", "العربية": "ar", "persian": "fa", "farsi": "fa",
+    "فارسی": "fa", "urdu": "ur", "اردو": "ur", "hindi": "hi", "हिन्दी": "hi", "bengali": "bn",
+    "bangla": "bn", "punjabi": "pa", "gujarati": "gu", "odia": "or", "tamil": "ta", "telugu": "te",
+    "kannada": "kn", "malayalam": "ml", "sinhala": "si", "thai": "th", "ไทย": "th", "lao": "lo",
+    "tibetan": "bo", "burmese": "my", "georgian": "ka", "armenian": "hy", "korean": "ko",
+    "한국어": "ko", "amharic": "am", "khmer": "km", "japanese": "ja", "日本語": "ja",
+    "chinese": "zh", "mandarin": "zh", "中文": "zh",
+}
+"""Language names (English and native, lower case) -> the codes :func:`detect_language` returns."""
+
+
 # --- built-in detectors --------------------------------------------------------------------------
 
 
@@ -1509,6 +1530,26 @@ _TRUNCATION_MARKER = re.compile(
     r"(?: (?:truncated|omitted|hidden))?[\])]?",
     re.IGNORECASE,
 )
+_TRUNCATION_SIZE = re.compile(
+    r"(?P<after>\b(?:after|at|to)\s+)?(?P<n>\d[\d,]*)\s*(?P<more>more\s+)?"
+    r"(?P<unit>chars?|characters|bytes|tokens|lines)\b", re.IGNORECASE)
+_UNITS = {"char": "characters", "chars": "characters", "characters": "characters",
+          "bytes": "bytes", "tokens": "tokens", "lines": "lines"}
+
+
+def truncation_sizes(marker: str) -> dict[str, Any]:
+    """What a truncation marker says about the cut: ``limit`` ("truncated after 300 chars"),
+    ``dropped`` ("… [truncated: 828 more characters]") and their ``unit`` (characters, bytes,
+    tokens or lines); empty when it says nothing measurable."""
+    m = _TRUNCATION_SIZE.search(marker)
+    if m is None:
+        return {}
+    n = int(m.group("n").replace(",", ""))
+    out: dict[str, Any] = {"unit": _UNITS[m.group("unit").lower()]}
+    out["limit" if m.group("after") and not m.group("more") else "dropped"] = n
+    return out
+
+
 _TRUNCATION_TAIL = 160
 """Characters at the end of a tool result searched for a truncation marker."""
 
@@ -1519,7 +1560,8 @@ def tool_output_truncated(thread: Thread, ctx: DetectionContext) -> list[Signal]
 
     The marker must be the last thing in the result (a marker inside a document the tool
     returned is not a cut). One signal per turn; ``details`` names the tools and, per cut result,
-    ``kept_chars`` (the content before the marker, without the ellipsis that introduces it).
+    ``kept_chars`` (the content before the marker, without the ellipsis that introduces it) and
+    what the marker says of the cut (:func:`truncation_sizes`: ``dropped`` / ``limit`` and ``unit``).
     """
     out: list[Signal] = []
     for turn in thread.turns:
@@ -1535,7 +1577,8 @@ def tool_output_truncated(thread: Thread, ctx: DetectionContext) -> list[Signal]
             # Content kept before the marker, without the ellipsis/space that introduces it.
             text = result.rstrip()
             kept = len(text[: len(text) - len(tail) + m.start()].rstrip(" .…\n"))
-            cut.append({"tool": call.name, "kept_chars": kept, "marker": m.group(0)})
+            cut.append({"tool": call.name, "kept_chars": kept, "marker": m.group(0),
+                        **truncation_sizes(m.group(0))})
         if cut:
             first = cut[0]
             out.append(_signal(thread, "tool_output_truncated", turn,
