@@ -67,7 +67,7 @@ from typing import Any, TypeVar
 from scipy.stats import fisher_exact
 
 from .._topics import refusal_topics, topic_label
-from ..extract._signals import LANGUAGE_NAMES, truncation_sizes
+from ..extract._signals import LANGUAGE_NAMES, truncation_sizes, went_well
 from ..extract._signals import clip_quote as _clip
 from ..types import Evidence, Intent, PromptVersion, Signal, Thread, ToolCall, Turn
 from ._stats import CellStat, DiagnoseConfig, stratified_exact_test
@@ -1575,10 +1575,24 @@ _ECHO_MIN_SHARE = 0.25
 """... and the least share of the section's content words they must be."""
 
 
+_RELAY_MIN_RUN = 3
+"""Words in a row a reply must share with a section for the run to count as quoting it."""
+
+
 @dataclass(frozen=True)
 class _Section:
     heading: str
     stems: frozenset[str]
+    words: tuple[str, ...] = ()
+    """The body's words in order (lower case), to tell a quoted section from a followed one."""
+
+
+def _quoted_share(section: Sequence[str], reply: Sequence[str]) -> float:
+    """Share of the section's words the reply repeats in runs of ``_RELAY_MIN_RUN`` or more."""
+    if not section:
+        return 0.0
+    blocks = difflib.SequenceMatcher(None, list(section), list(reply), autojunk=False).get_matching_blocks()
+    return sum(b.size for b in blocks if b.size >= _RELAY_MIN_RUN) / len(section)
 
 
 def _prompt_sections(text: str, stopwords: frozenset[str]) -> list[_Section]:
@@ -1592,7 +1606,7 @@ def _prompt_sections(text: str, stopwords: frozenset[str]) -> list[_Section]:
         if heading is not None:
             stems = frozenset(_content_stems(_prose(" ".join([heading, *body])), stopwords))
             if len(stems) >= _ECHO_MIN_TERMS:
-                out.append(_Section(heading, stems))
+                out.append(_Section(heading, stems, tuple(_words(" ".join(body)))))
 
     for raw in text.splitlines():
         m = re.match(r"^ {0,3}#{1,6}\s+(.*?)\s*#*\s*$", raw)
@@ -1610,7 +1624,10 @@ def _echoes(thread: Thread, horizon: int | None, sections: Sequence[_Section],
     """heading -> (turn index, echoed stems, the turn called a tool) of the first reply up to
     ``horizon`` that repeats the section: at least ``_ECHO_MIN_TERMS`` of its content stems,
     ``_ECHO_MIN_SHARE`` of them, none of which the user's message or a tool result of that turn
-    contains (the agent took them from the prompt)."""
+    contains (the agent took them from the prompt), without quoting most of the section: a reply
+    that repeats half of the section's words in runs (:func:`_quoted_share`) relays the section
+    as its answer (steps, a policy): that is the section's content at work, not an instruction
+    the agent followed instead of answering."""
     out: dict[str, tuple[int, frozenset[str], bool]] = {}
     for turn in _turns_upto(thread, horizon):
         reply = turn.reply_text
@@ -1625,7 +1642,8 @@ def _echoes(thread: Thread, horizon: int | None, sections: Sequence[_Section],
             if sec.heading in out:
                 continue
             shared = frozenset(own & sec.stems)
-            if len(shared) >= _ECHO_MIN_TERMS and len(shared) >= _ECHO_MIN_SHARE * len(sec.stems):
+            if (len(shared) >= _ECHO_MIN_TERMS and len(shared) >= _ECHO_MIN_SHARE * len(sec.stems)
+                    and _quoted_share(sec.words, _words(reply)) < 0.5):
                 out[sec.heading] = (turn.index, shared, bool(turn.tool_calls))
     return out
 
@@ -1640,7 +1658,8 @@ def prompt_instruction(ctx: CellContext) -> Hypothesis | None:
     Most affected sessions have a reply, at or before the failure, that repeats the words of one
     section of the serving prompt (words neither the user nor a tool said in that turn), and that
     turn called no tool; that section is repeated far less (``min_contrast``) in the intent's
-    unaffected sessions and in the other intents' sessions, which mostly do call tools. The
+    sessions that went well (:func:`~loop_middleware.extract._signals.went_well`, no failure
+    signal) and in the other intents' sessions, which mostly do call tools. The
     agent did not lack guidance (a coverage gap): it had an instruction, and following it, instead
     of doing what it does for other questions, is the failure. A cell whose version jump passes
     (a prompt change made the section worse) is left to ``regression``.
@@ -1667,17 +1686,19 @@ def prompt_instruction(ctx: CellContext) -> Hypothesis | None:
     at_failure = {t.thread_id: _echoes(t, ctx.horizon(t), sections, stop) for t in affected}
     others = [t for t in ctx.other_threads if t.turns]
     tools_elsewhere = sum(_calls_tools(t) for t in others) / len(others) if others else 0.0
+    clean = [t for t in ctx.unaffected if went_well(t)
+             and not any(cfg.severity_of(sg.kind) > 0 for sg in ctx.signals_by_thread.get(t.thread_id, []))]
     best: tuple[float, _Section, list[str], float] | None = None
     for sec in sections:
         hits = [tid for tid, e in at_failure.items() if sec.heading in e and not e[sec.heading][2]]
         support = len(hits) / len(affected)
         if support < cfg.min_support:
             continue
-        # The intent's unaffected sessions, when there are enough of them to have a rate (one
-        # satisfied session of twenty-three says nothing), and the other intents' sessions.
-        unaffected = ctx.unaffected
-        base_in = (sum(sec.heading in whole(t) for t in unaffected) / len(unaffected)
-                   if len(unaffected) >= cfg.min_sessions else 0.0)
+        # The intent's sessions that went well (no failure signal of any kind, and the user
+        # thanked or rated it up: a silent session may have failed just the same), when there
+        # are enough of them to have a rate, and the other intents' sessions.
+        base_in = (sum(sec.heading in whole(t) for t in clean) / len(clean)
+                   if len(clean) >= cfg.min_sessions else 0.0)
         base_out = sum(sec.heading in whole(t) for t in others) / len(others) if others else 0.0
         baseline = max(base_in, base_out)
         if support - baseline < cfg.min_contrast or tools_elsewhere < cfg.min_contrast:

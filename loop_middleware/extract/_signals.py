@@ -58,6 +58,7 @@ __all__ = [
     "register_detector",
     "truncation_sizes",
     "turn_latency_ms",
+    "went_well",
 ]
 
 Detector = Callable[[Thread, "DetectionContext"], list[Signal]]
@@ -1124,6 +1125,23 @@ def _ends_with_question(text: str) -> tuple[int, int] | None:
     while start < end and stripped[start].isspace():
         start += 1
     return start, end
+
+
+_POSITIVE_LABELS = frozenset({"thumbs_up", "positive", "good", "helpful", "up", "like", "liked"})
+
+
+def went_well(thread: Thread) -> bool:
+    """Positive evidence that the conversation served the user: a positive outcome or feedback
+    (thumbs-up, a score of at least 0.75 of a 0..1 scale), or a user message after the opening
+    one that thanks or confirms ("Thanks, that works!", "¡Gracias!"). Silence is not evidence:
+    a user who got a useless answer often just leaves."""
+    for f in thread.feedback:
+        label = (f.label or "").strip().lower()
+        if (f.kind == "outcome" and label in _POSITIVE_OUTCOMES) or label in _POSITIVE_LABELS:
+            return True
+        if f.kind != "outcome" and f.score is not None and 0.75 <= f.score <= 1.0:
+            return True
+    return any(_RESOLVED_RX.search(turn.user_text) for turn in thread.turns[1:])
 
 
 def _is_resolved(thread: Thread) -> bool:
