@@ -233,3 +233,37 @@ def test_language_edit_on_a_wrapped_line(tmp_path: Path) -> None:
     assert edit is not None and "Reply in the shopper's language." in edit.new_text
     write(tmp_path, "prompts/support.md", edit.new_text)
     assert forced_language_edit(d, tmp_path, EditContext()) is None
+
+
+def test_replay_keeps_the_instruction_fix(proposed: tuple[Simulated, dict[str, Fix]]) -> None:
+    """Replayed, the softened prompt makes the agent search the docs, and the harness cuts the
+    page it gets (defect a): that cut is the harness' own signal, not the prompt fix making the
+    agent worse, so the replay guard keeps the fix; the config fix is judged on the cut itself."""
+    from examples.devplatform_agent import build_agent
+    from loop_middleware.patch._replay import ReplayGuard
+
+    sim, _ = proposed
+    diagnoses = [d for d in diagnose(sim.threads, sim.signals, sim.intents, sim.assignments)
+                 if d.failure_mode in ("prompt_instruction", "truncated_tool_output")]
+    skipped: list[Any] = []
+    fixes = propose_fixes(diagnoses, repo_dir=sim.repo, allowed=ALLOWED, threads=sim.threads,
+                          config=ProposeConfig(config_files=["agent.yaml"]), skipped=skipped,
+                          replay=ReplayGuard(build_agent, config_path=sim.repo / "agent.yaml", max_threads=8))
+    assert not skipped and len(fixes) == 2
+    replay = {f.details["failure_mode"]: f.details["replay"] for f in fixes}
+    assert not replay["prompt_instruction"]["worse"]
+    assert replay["truncated_tool_output"]["improved"]
+    assert replay["truncated_tool_output"]["evidence_failing_after"] == 0
+
+
+def test_merged_diagnosis_intents_reach_the_fix(tmp_path: Path) -> None:
+    write(tmp_path, "prompts/support.md", SHOP_PROMPT)
+    intents = [{"intent_id": "i-a", "intent_name": "returns", "sessions": 30, "rate": 0.9},
+               {"intent_id": "i-b", "intent_name": "refunds", "sessions": 12, "rate": 0.8}]
+    d = diag("forced_language", details={"language_code": "fr", "language": "French", "addressee": "shopper",
+                                         "instruction": "Always answer in French, even when the shopper "
+                                                        "writes in another language.",
+                                         "intent_ids": ["i-a", "i-b"], "intents": intents})
+    (fix,) = propose_fixes([d], repo_dir=tmp_path, allowed=ALLOWED)
+    assert fix.details["intent_ids"] == ["i-a", "i-b"]
+    assert "; in 2 intents: returns 30 (90.0%), refunds 12 (80.0%)" in fix.rationale
