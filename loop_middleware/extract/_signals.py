@@ -981,8 +981,20 @@ def _language_of_script(script: str, text: str, counts: Mapping[str, int]) -> st
     return script
 
 
+_MACHINE_TOKEN = re.compile(r"[\d_=/\\\[\]{}<>@#|$%^~`*+]|\w[.:]\w")
+"""A whitespace-separated token that is machine text (ids, hashes, key=value, paths, URLs, host
+names, timestamps, code): its letters say nothing about the writer's language (the hex of a
+request id splits into "a", "d", "e" ..., which are French and Spanish stop words)."""
+
+
+def _prose_words(text: str) -> list[str]:
+    """The words of ``text`` outside machine tokens (see ``_MACHINE_TOKEN``), lower case."""
+    return [w for tok in text.casefold().split() if not _MACHINE_TOKEN.search(tok)
+            for w in _LATIN_WORD.findall(tok)]
+
+
 def _latin_language(text: str) -> str | None:
-    words = _LATIN_WORD.findall(text.casefold())
+    words = _prose_words(text)
     if len(words) < 3:
         return None
     scores: dict[str, float] = {}

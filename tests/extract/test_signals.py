@@ -590,6 +590,12 @@ def test_language_switch_details() -> None:
     ("My order 88123 の状況を教えてください", "ja"),
     ("ok", None),
     ("Yes", None),
+    # Machine text (ids, hashes, key=value, hosts) says nothing about the writer's language: the
+    # hex of a request id splits into "a", "d", "e" ..., which are French stop words.
+    ("It still fails. Here is the log from the app:\n2026-03-15T00:08:08.949Z ERROR [acquirer.gateway] "
+     "socket timeout after 15000ms host=api.acme.example req_id=5573e3ee28d80905 attempt=1", "en"),
+    ("2026-03-15T00:08:08.949Z WARN [auth.3ds] cvc_check=fail req_id=2c1330bb5df8fe19 d=a c=e", None),
+    ("C'est l'ordre d'achat que j'ai payé, réf. AP-10212.", "fr"),
 ])
 def test_detect_language(text: str, lang: str | None) -> None:
     assert detect_language(text) == lang
