@@ -188,13 +188,17 @@ class PlantedDefect:
     target_file: str
     """The file its fix must change."""
     failure_modes: frozenset[str] = frozenset()
-    """Failure modes a diagnosis of it may have (empty: any)."""
+    """Failure modes a diagnosis of it may have (empty: any): the mechanism must be named, not
+    only the sessions (the upsell read as "the prompt has no api request guidance" is not found)."""
 
 
 DEVPLATFORM_DEFECTS: tuple[PlantedDefect, ...] = (
-    PlantedDefect("a", "tool output cut at 300 chars (agent.yaml)", "truncated_answer", "agent.yaml"),
-    PlantedDefect("b", "prompt upsells instead of helping", "upsold", "prompts/support.md"),
-    PlantedDefect("c", "prompt forces English replies", "wrong_language", "prompts/support.md"),
+    PlantedDefect("a", "tool output cut at 300 chars (agent.yaml)", "truncated_answer", "agent.yaml",
+                  frozenset({"truncated_tool_output"})),
+    PlantedDefect("b", "prompt upsells instead of helping", "upsold", "prompts/support.md",
+                  frozenset({"prompt_instruction"})),
+    PlantedDefect("c", "prompt forces English replies", "wrong_language", "prompts/support.md",
+                  frozenset({"forced_language"})),
     PlantedDefect("d", "v2 dropped the SSO domain-verification step", "sso_step_missing",
                   "prompts/support.md", frozenset({"regression"})),
 )

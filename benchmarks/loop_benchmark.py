@@ -53,8 +53,9 @@ developer-support agent (``examples/devplatform_agent/``, defects in its ``DEFEC
 output cut by ``agent.yaml``, an upsell instruction, a forced reply language, a v2 regression in
 the SSO setup steps) through the same loop (``benchmarks/_example_loop.py``: host repo with v1
 then v2, cohort 1, the companion graph, every fix merged, cohort 2, measure). A diagnosis is true
-when most of its affected threads really suffered that defect (``SimulatedThread.failures``; the
-regression must be a ``regression``); its fix must change the defect's file; target: all four in
+when most of its affected threads really suffered that defect (``SimulatedThread.failures``) and it
+names the defect's mechanism (a ``truncated_tool_output``, ``prompt_instruction``,
+``forced_language``, ``regression``); its fix must change the defect's file; target: all four in
 the graph's top 5, <= 1 false, fixes on the right file, every measured delta negative. Results go
 to the ``devplatform`` key of the same JSON (the support agent's numbers are kept when only
 ``--agent devplatform`` runs).

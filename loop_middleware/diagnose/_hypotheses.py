@@ -26,6 +26,22 @@ confidence and the details a fix needs) or ``None``:
     failing calls ran near the model's context limit.
 ``loop_stall``
     The same tool was called again and again with the same arguments, or stall signals.
+``truncated_tool_output``
+    The harness cut tool results before the model saw them (``tool_output_truncated`` signals
+    before the failure); the details carry the cut length a fix looks for among the harness'
+    settings, and the full lengths the markers state.
+``forced_language``
+    Users were answered in another language than theirs (``language_mismatch``), mostly in one,
+    and the serving prompt has an instruction to reply in that language.
+``prompt_instruction``
+    The agent followed an instruction of the prompt instead of helping: the failing replies
+    repeat one section's words (not the user's, not a tool's) with no tool call, where other
+    sessions seldom repeat that section and mostly call tools. Not a coverage gap: the prompt
+    has guidance on the topic, and it is the guidance that fails.
+
+Each of the last three sets ``details["root_cause"]``: what its fix changes (the harness' cut, a
+prompt's language line, a prompt section), the same string for every intent the cause hits, so
+that diagnosis can tell one root cause in five intents from five causes.
 
 The hypotheses that compare affected sessions with unaffected ones share one rule
 (:func:`_contrast`): a precursor explains the cell when it shows in at least ``min_support`` of the
@@ -51,6 +67,7 @@ from typing import Any, TypeVar
 from scipy.stats import fisher_exact
 
 from .._topics import refusal_topics, topic_label
+from ..extract._signals import LANGUAGE_NAMES, truncation_sizes, went_well
 from ..extract._signals import clip_quote as _clip
 from ..types import Evidence, Intent, PromptVersion, Signal, Thread, ToolCall, Turn
 from ._stats import CellStat, DiagnoseConfig, stratified_exact_test
@@ -63,21 +80,26 @@ __all__ = [
     "coverage_gap",
     "explain",
     "find_quote",
+    "forced_language",
     "key_terms",
+    "language_instruction",
     "loop_stall",
+    "prompt_instruction",
     "regression",
     "regression_test",
     "situation_regression",
     "situation_tests",
     "stem",
     "tool_failure",
+    "truncated_tool_output",
     "ungrounded_answer",
     "version_jump",
     "version_order",
 ]
 
 FAILURE_MODES = ("coverage_gap", "regression", "tool_failure", "ungrounded_answer",
-                 "context_loss", "loop_stall", "unexplained")
+                 "context_loss", "loop_stall", "truncated_tool_output", "forced_language",
+                 "prompt_instruction", "unexplained")
 """Every value :attr:`Hypothesis.failure_mode` takes."""
 
 T = TypeVar("T")
@@ -1336,9 +1358,406 @@ def loop_stall(ctx: CellContext) -> Hypothesis | None:
     )
 
 
+# --- (g) tool output cut by the harness -----------------------------------------------------------
+
+_CUT_KIND = "tool_output_truncated"
+
+
+def _cuts(thread: Thread, horizon: int | None, ctx: CellContext) -> list[dict[str, Any]] | None:
+    """The cut tool results of ``thread`` up to ``horizon`` (from ``tool_output_truncated``
+    signals): one dict per cut result with its ``tool``, ``kept_chars``, ``marker``, the marker's
+    ``dropped`` / ``limit`` / ``unit`` and the ``turn_index``."""
+    out: list[dict[str, Any]] = []
+    for s in ctx.signals_by_thread.get(thread.thread_id, []):
+        if s.kind != _CUT_KIND or (horizon is not None and s.turn_index is not None
+                                   and s.turn_index > horizon):
+            continue
+        for cut in s.details.get("cuts") or []:
+            if isinstance(cut, Mapping):
+                sizes = truncation_sizes(str(cut.get("marker") or ""))
+                out.append({**sizes, **cut, "turn_index": s.turn_index})
+    return out or None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def truncated_tool_output(ctx: CellContext) -> Hypothesis | None:
+    """The harness cut tool results before the model saw them: most affected sessions got a
+    result ending with a truncation marker (``tool_output_truncated``) at or before their failure,
+    far more than the intent's unaffected sessions. The cut length (the longest content kept
+    before a marker, or the limit the marker states) is what a fix looks for among the harness'
+    settings; the full lengths (kept + the marker's "N more characters") say how far to raise it.
+    """
+    cfg = ctx.config
+    c = _contrast(ctx, lambda t, h: _cuts(t, h, ctx))
+    if not c.fires(cfg):
+        return None
+    cuts = [cut for hits in c.hits.values() for cut in hits]
+    tools: Counter[str] = Counter()
+    for hits in c.hits.values():
+        tools.update({str(cut.get("tool") or "?") for cut in hits})
+    units: Counter[str] = Counter(str(cut.get("unit") or "characters") for cut in cuts)
+    unit = min(units, key=lambda u: (-units[u], u))
+    kept = [k for cut in cuts if (k := _int(cut.get("kept_chars"))) is not None]
+    stated = [k for cut in cuts if (k := _int(cut.get("limit"))) is not None]
+    # The harness keeps at most its limit; the longest kept content is the best estimate of it
+    # (a cut that ends on a space or an ellipsis keeps a few characters less).
+    limit = max(stated) if stated else (max(kept) if kept else None)
+    if not stated:
+        unit = "characters"  # kept_chars counts characters, whatever the marker counts
+    full = [k + d for cut in cuts
+            if (k := _int(cut.get("kept_chars"))) is not None
+            and (d := _int(cut.get("dropped"))) is not None and cut.get("unit", "characters") == "characters"]
+    tool = min(tools, key=lambda n: (-tools[n], n))
+    named = ", ".join(f"`{n}`" for n in sorted(tools, key=lambda n: (-tools[n], n))[:3])
+    size = "" if limit is None else f" at {'' if stated else 'about '}{limit} {unit}"
+    longest = f"; the cut results had up to {max(full)} characters in full" if full else ""
+    clause = (f"the harness cuts {named} results{size} before the model sees them ({len(c.hits)} of "
+              f"{c.n_affected} affected sessions got a cut result at or before the failure, vs "
+              f"{_pct(c.baseline)} of the intent's other sessions{longest})")
+    limit_ev = cfg.max_quote_chars
+    markers: list[Evidence | None] = []
+    replies: list[Evidence | None] = []
+    for t in ctx.affected:
+        hits = c.hits.get(t.thread_id)
+        if not hits:
+            continue
+        first = hits[0]
+        markers.append(_evidence(t, str(first.get("marker") or ""), first["turn_index"], limit_ev))
+        turn = _turn(t, first["turn_index"]) if first["turn_index"] is not None else None
+        if turn is not None and turn.reply_text.strip():
+            replies.append(_evidence(t, _clip(turn.reply_text, 0, 0, limit_ev), turn.index, limit_ev))
+    failures = [_signal_evidence(ctx, t) for t in ctx.affected if t.thread_id in c.hits]
+    return Hypothesis(
+        failure_mode="truncated_tool_output", clause=clause, confidence=c.confidence,
+        evidence=_collect_evidence(replies, markers, failures, limit=cfg.max_evidence),
+        details={"tool": tool, "tools": dict(sorted(tools.items())), "cut_length": limit,
+                 "cut_unit": unit, "limit_stated": bool(stated),
+                 "kept_lengths": dict(sorted(Counter(kept).most_common(5))),
+                 "full_length_max": max(full) if full else None,
+                 "cut_results": len(cuts), "support": round(c.support, 4),
+                 "baseline": round(c.baseline, 4),
+                 "root_cause": f"harness:tool_output_cut:{unit}"},
+        prompt=modal_prompt(ctx),
+    )
+
+
+# --- (h) the prompt forces a reply language -------------------------------------------------------
+
+_REPLY_VERBS = r"(?:reply|replies|respond|responses?|answer|answers|write|speak|communicate|talk)"
+
+
+def _language_rx() -> re.Pattern[str]:
+    names = "|".join(sorted((re.escape(n) for n in LANGUAGE_NAMES), key=len, reverse=True))
+    # "reply in English", "always answer only in German", "respond to every message in French",
+    # "use English for all replies", "write English only".
+    return re.compile(
+        rf"\b{_REPLY_VERBS}\b[^.;:!?\n]{{0,40}}?\bin\s+(?:only\s+)?(?P<a>{names})\b"
+        rf"|\b(?:use|speak|write)\s+(?:only\s+)?(?P<b>{names})\b",
+        re.IGNORECASE)
+
+
+_LANGUAGE_RX = _language_rx()
+_ADDRESSEES = ("user", "customer", "developer", "client", "caller", "member", "visitor", "guest",
+               "patient", "student", "player", "buyer", "shopper", "employee", "person")
+"""Generic nouns a prompt uses for the person the agent talks to."""
+_SENTENCE_RX = re.compile(r"[^.!?\n]*(?:[.!?]+|$)")
+
+
+def _addressee(sentence: str, prompt: str) -> str:
+    """How the prompt calls the person it talks to: a noun of :data:`_ADDRESSEES` in the
+    instruction itself ("whatever language the developer writes in"), else the one the prompt
+    uses most, else "user"."""
+    words = _words(sentence)
+    for w in words:
+        if w in _ADDRESSEES:
+            return w
+    counts = Counter(w for w in _words(prompt) if w in _ADDRESSEES)
+    return min(counts, key=lambda w: (-counts[w], w)) if counts else "user"
+
+
+def language_instruction(text: str, language: str) -> tuple[str, str] | None:
+    """``(sentence, language name)`` of the first instruction in ``text`` to reply in
+    ``language`` (a :func:`~loop_middleware.extract.detect_language` code), e.g. ``("Always
+    reply in English, whatever language the developer writes in.", "English")``; None when the
+    prompt names no reply language, or another one. Code spans are skipped."""
+    for raw in _prose(text).splitlines():
+        line = re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", raw).strip()
+        if not line or line.startswith("#"):
+            continue
+        for sm in _SENTENCE_RX.finditer(line):
+            sentence = sm.group(0).strip()
+            m = _LANGUAGE_RX.search(sentence)
+            if m is None:
+                continue
+            name = m.group("a") or m.group("b")
+            if LANGUAGE_NAMES.get(name.lower()) == language:
+                return sentence, name
+    return None
+
+
+def _mismatches(thread: Thread, horizon: int | None, ctx: CellContext) -> list[Signal] | None:
+    out = [s for s in ctx.signals_by_thread.get(thread.thread_id, [])
+           if s.kind == "language_mismatch"
+           and (horizon is None or s.turn_index is None or s.turn_index <= horizon)]
+    return out or None
+
+
+def forced_language(ctx: CellContext) -> Hypothesis | None:
+    """The prompt forces one reply language: most affected sessions were answered in another
+    language than the user's (``language_mismatch``) at or before their failure, far more than
+    the intent's unaffected sessions, mostly in one language, and the prompt that served them
+    has an instruction to reply in that language (:func:`language_instruction`)."""
+    cfg = ctx.config
+    c = _contrast(ctx, lambda t, h: _mismatches(t, h, ctx))
+    if not c.fires(cfg):
+        return None
+    replied: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    for sigs in c.hits.values():
+        replied.update({str(s.details.get("reply_language")) for s in sigs})
+        users.update({str(s.details.get("user_language")) for s in sigs})
+    lang = min(replied, key=lambda x: (-replied[x], x))
+    if replied[lang] < cfg.min_support * len(c.hits):
+        return None
+    found: tuple[str, str] | None = None
+    target: PromptVersion | None = None
+    for t in ctx.affected:
+        if t.thread_id not in c.hits:
+            continue
+        for pv in _serving_texts(t, ctx.horizon(t)):
+            found = language_instruction(pv.text, lang)
+            if found is not None:
+                target = pv
+                break
+        if found is not None:
+            break
+    if found is None or target is None:
+        return None
+    sentence, name = found
+    limit = cfg.max_quote_chars
+    replies: list[Evidence | None] = []
+    asks: list[Evidence | None] = []
+    for t in ctx.affected:
+        sigs = c.hits.get(t.thread_id)
+        if not sigs:
+            continue
+        replies.append(_quote_evidence(t, sigs[0], limit))
+        turn = _turn(t, sigs[0].turn_index) if sigs[0].turn_index is not None else None
+        if turn is not None and turn.user_text.strip():
+            user = next(m.content for m in turn.messages if m.role == "user" and m.content.strip())
+            asks.append(_evidence(t, _clip(user, 0, 0, limit), turn.index, limit))
+    written = ", ".join(f"{u} {n}" for u, n in sorted(users.items(), key=lambda kv: (-kv[1], kv[0])))
+    clause = (f"the prompt forces replies in {name} (\"{sentence}\" in {_prompt_label(target)}; "
+              f"{len(c.hits)} of {c.n_affected} affected sessions were answered in {name} although "
+              f"the user wrote another language: {written}; vs {_pct(c.baseline)} of the intent's "
+              f"other sessions)")
+    return Hypothesis(
+        failure_mode="forced_language", clause=clause, confidence=c.confidence,
+        evidence=_collect_evidence(asks, replies, limit=cfg.max_evidence),
+        details={"instruction": sentence, "language": name, "language_code": lang,
+                 "user_languages": dict(sorted(users.items())),
+                 "addressee": _addressee(sentence, target.text),
+                 "support": round(c.support, 4), "baseline": round(c.baseline, 4),
+                 "root_cause": f"{target.path or target.name or 'prompt'}:forced_language:{lang}"},
+        prompt=target,
+    )
+
+
+# --- (i) a prompt instruction causes the failure --------------------------------------------------
+
+_ECHO_MIN_TERMS = 3
+"""Fewest section words (stems, not said by the user or a tool in that turn) a reply must repeat
+to count as following that section."""
+_ECHO_MIN_SHARE = 0.25
+"""... and the least share of the section's content words they must be."""
+
+
+_RELAY_MIN_RUN = 3
+"""Words in a row a reply must share with a section for the run to count as quoting it."""
+
+
+@dataclass(frozen=True)
+class _Section:
+    heading: str
+    stems: frozenset[str]
+    words: tuple[str, ...] = ()
+    """The body's words in order (lower case), to tell a quoted section from a followed one."""
+
+
+def _quoted_share(section: Sequence[str], reply: Sequence[str]) -> float:
+    """Share of the section's words the reply repeats in runs of ``_RELAY_MIN_RUN`` or more."""
+    if not section:
+        return 0.0
+    blocks = difflib.SequenceMatcher(None, list(section), list(reply), autojunk=False).get_matching_blocks()
+    return sum(b.size for b in blocks if b.size >= _RELAY_MIN_RUN) / len(section)
+
+
+def _prompt_sections(text: str, stopwords: frozenset[str]) -> list[_Section]:
+    """The Markdown sections of a prompt (ATX headings) with their content stems (heading words
+    included, code spans and tool names left out); text before the first heading is skipped."""
+    out: list[_Section] = []
+    heading: str | None = None
+    body: list[str] = []
+
+    def close() -> None:
+        if heading is not None:
+            stems = frozenset(_content_stems(_prose(" ".join([heading, *body])), stopwords))
+            if len(stems) >= _ECHO_MIN_TERMS:
+                out.append(_Section(heading, stems, tuple(_words(" ".join(body)))))
+
+    for raw in text.splitlines():
+        m = re.match(r"^ {0,3}#{1,6}\s+(.*?)\s*#*\s*$", raw)
+        if m and m.group(1).strip():
+            close()
+            heading, body = m.group(1).strip(), []
+        elif heading is not None:
+            body.append(raw)
+    close()
+    return out
+
+
+def _echoes(thread: Thread, horizon: int | None, sections: Sequence[_Section],
+            stopwords: frozenset[str]) -> dict[str, tuple[int, frozenset[str], bool]]:
+    """heading -> (turn index, echoed stems, the turn called a tool) of the first reply up to
+    ``horizon`` that repeats the section: at least ``_ECHO_MIN_TERMS`` of its content stems,
+    ``_ECHO_MIN_SHARE`` of them, none of which the user's message or a tool result of that turn
+    contains (the agent took them from the prompt), without quoting most of the section: a reply
+    that repeats half of the section's words in runs (:func:`_quoted_share`) relays the section
+    as its answer (steps, a policy): that is the section's content at work, not an instruction
+    the agent followed instead of answering."""
+    out: dict[str, tuple[int, frozenset[str], bool]] = {}
+    for turn in _turns_upto(thread, horizon):
+        reply = turn.reply_text
+        if not reply.strip():
+            continue
+        said = set(_content_stems(reply, stopwords))
+        heard = set(_content_stems(turn.user_text, stopwords))
+        for call in turn.tool_calls:
+            heard |= set(_content_stems(call.result or "", stopwords))
+        own = said - heard
+        for sec in sections:
+            if sec.heading in out:
+                continue
+            shared = frozenset(own & sec.stems)
+            if (len(shared) >= _ECHO_MIN_TERMS and len(shared) >= _ECHO_MIN_SHARE * len(sec.stems)
+                    and _quoted_share(sec.words, _words(reply)) < 0.5):
+                out[sec.heading] = (turn.index, shared, bool(turn.tool_calls))
+    return out
+
+
+def _calls_tools(thread: Thread) -> bool:
+    return any(turn.tool_calls for turn in thread.turns)
+
+
+def prompt_instruction(ctx: CellContext) -> Hypothesis | None:
+    """The agent follows a prompt instruction that causes the failure.
+
+    Most affected sessions have a reply, at or before the failure, that repeats the words of one
+    section of the serving prompt (words neither the user nor a tool said in that turn), and that
+    turn called no tool; that section is repeated far less (``min_contrast``) in the intent's
+    sessions that went well (:func:`~loop_middleware.extract._signals.went_well`, no failure
+    signal) and in the other intents' sessions, which mostly do call tools. The
+    agent did not lack guidance (a coverage gap): it had an instruction, and following it, instead
+    of doing what it does for other questions, is the failure. A cell whose version jump passes
+    (a prompt change made the section worse) is left to ``regression``.
+    """
+    cfg = ctx.config
+    target = modal_prompt(ctx)
+    if target is None:
+        return None
+    stop = cfg.stopwords
+    sections = _prompt_sections(target.text, stop)
+    if not sections:
+        return None
+    cache: dict[str, dict[str, tuple[int, frozenset[str], bool]]] = ctx.shared.setdefault(
+        f"echoes:{target.sha256}", {})
+
+    def whole(t: Thread) -> dict[str, tuple[int, frozenset[str], bool]]:
+        if t.thread_id not in cache:
+            cache[t.thread_id] = _echoes(t, None, sections, stop)
+        return cache[t.thread_id]
+
+    affected = ctx.affected
+    if not affected:
+        return None
+    at_failure = {t.thread_id: _echoes(t, ctx.horizon(t), sections, stop) for t in affected}
+    others = [t for t in ctx.other_threads if t.turns]
+    tools_elsewhere = sum(_calls_tools(t) for t in others) / len(others) if others else 0.0
+    clean = [t for t in ctx.unaffected if went_well(t)
+             and not any(cfg.severity_of(sg.kind) > 0 for sg in ctx.signals_by_thread.get(t.thread_id, []))]
+    best: tuple[float, _Section, list[str], float] | None = None
+    for sec in sections:
+        hits = [tid for tid, e in at_failure.items() if sec.heading in e and not e[sec.heading][2]]
+        support = len(hits) / len(affected)
+        if support < cfg.min_support:
+            continue
+        # The intent's sessions that went well (no failure signal of any kind, and the user
+        # thanked or rated it up: a silent session may have failed just the same), when there
+        # are enough of them to have a rate, and the other intents' sessions.
+        base_in = (sum(sec.heading in whole(t) for t in clean) / len(clean)
+                   if len(clean) >= cfg.min_sessions else 0.0)
+        base_out = sum(sec.heading in whole(t) for t in others) / len(others) if others else 0.0
+        baseline = max(base_in, base_out)
+        if support - baseline < cfg.min_contrast or tools_elsewhere < cfg.min_contrast:
+            continue
+        score = support - baseline
+        if best is None or score > best[0]:
+            best = (score, sec, hits, baseline)
+    if best is None:
+        return None
+    jump = regression_test(ctx)
+    if jump is not None and jump["p_adjusted"] <= cfg.regression_alpha and \
+            jump["new_affected"] / jump["new_sessions"] > jump["old_affected"] / jump["old_sessions"]:
+        return None  # a prompt change broke it: regression's revert is the fix
+    _, sec, hits, baseline = best
+    terms: Counter[str] = Counter()
+    surface: dict[str, Counter[str]] = {}
+    limit = cfg.max_quote_chars
+    replies: list[Evidence | None] = []
+    by_id = {t.thread_id: t for t in affected}
+    for tid in hits:
+        idx, shared, _ = at_failure[tid][sec.heading]
+        terms.update(shared)
+        turn = _turn(by_id[tid], idx)
+        if turn is not None:
+            for w in _words(turn.reply_text):
+                if stem(w) in shared:
+                    surface.setdefault(stem(w), Counter())[w] += 1
+            replies.append(_evidence(by_id[tid], _clip(turn.reply_text, 0, 0, limit), idx, limit))
+    top = [s for s, _ in sorted(terms.items(), key=lambda kv: (-kv[1], kv[0]))[:6]]
+    words = [max(sorted(surface[s]), key=lambda w: surface[s][w]) if s in surface else s for s in top]
+    tool_names: Counter[str] = Counter(call.name for t in others for turn in t.turns
+                                       for call in turn.tool_calls)
+    usual = [n for n, _ in sorted(tool_names.items(), key=lambda kv: (-kv[1], kv[0]))[:2]]
+    quoted = ", ".join(f"'{w}'" for w in words)
+    clause = (f"the agent follows the prompt's '{sec.heading}' instruction instead of answering "
+              f"({len(hits)} of {len(affected)} affected sessions got a reply repeating that section "
+              f"({quoted}) with no tool call, vs {_pct(baseline)} of other sessions; "
+              f"{_pct(tools_elsewhere)} of the other intents' sessions call a tool; "
+              f"{_prompt_label(target)})")
+    failures = [_signal_evidence(ctx, by_id[tid]) for tid in hits]
+    return Hypothesis(
+        failure_mode="prompt_instruction", clause=clause,
+        confidence=round(max(0.0, min(1.0, (len(hits) / len(affected)) * (1.0 - baseline))), 3),
+        evidence=_collect_evidence(replies, failures, limit=cfg.max_evidence),
+        details={"section": sec.heading, "echoed_terms": words,
+                 "echoed_stems": sorted(terms), "support": round(len(hits) / len(affected), 4),
+                 "baseline": round(baseline, 4), "tools_elsewhere": round(tools_elsewhere, 4),
+                 "usual_tools": usual,
+                 "root_cause": f"{target.path or target.name or 'prompt'}#{sec.heading}"},
+        prompt=target,
+    )
+
+
 # --- all of them --------------------------------------------------------------------------------
 
 HYPOTHESES: tuple[tuple[str, Callable[[CellContext], Hypothesis | None]], ...] = (
+    ("forced_language", forced_language),
+    ("prompt_instruction", prompt_instruction),
+    ("truncated_tool_output", truncated_tool_output),
     ("coverage_gap", coverage_gap),
     ("regression", regression),
     ("tool_failure", tool_failure),

@@ -44,6 +44,7 @@ from ..types import SELF_REPORT_TOOL, Feedback, Message, Signal, Thread, ToolCal
 __all__ = [
     "BUILTIN_DETECTORS",
     "DEFAULT_CONTEXT_BUDGETS",
+    "LANGUAGE_NAMES",
     "DetectionContext",
     "Detector",
     "DetectorRegistry",
@@ -55,7 +56,9 @@ __all__ = [
     "detect_thread",
     "latency_threshold",
     "register_detector",
+    "truncation_sizes",
     "turn_latency_ms",
+    "went_well",
 ]
 
 Detector = Callable[[Thread, "DetectionContext"], list[Signal]]
@@ -978,8 +981,20 @@ def _language_of_script(script: str, text: str, counts: Mapping[str, int]) -> st
     return script
 
 
+_MACHINE_TOKEN = re.compile(r"[\d_=/\\\[\]{}<>@#|$%^~`*+]|\w[.:]\w")
+"""A whitespace-separated token that is machine text (ids, hashes, key=value, paths, URLs, host
+names, timestamps, code): its letters say nothing about the writer's language (the hex of a
+request id splits into "a", "d", "e" ..., which are French and Spanish stop words)."""
+
+
+def _prose_words(text: str) -> list[str]:
+    """The words of ``text`` outside machine tokens (see ``_MACHINE_TOKEN``), lower case."""
+    return [w for tok in text.casefold().split() if not _MACHINE_TOKEN.search(tok)
+            for w in _LATIN_WORD.findall(tok)]
+
+
 def _latin_language(text: str) -> str | None:
-    words = _LATIN_WORD.findall(text.casefold())
+    words = _prose_words(text)
     if len(words) < 3:
         return None
     scores: dict[str, float] = {}
@@ -1000,6 +1015,25 @@ def _latin_language(text: str) -> str | None:
     if best >= 1.5 and best >= 1.5 * second:
         return best_lang
     return None
+
+
+LANGUAGE_NAMES: Mapping[str, str] = {
+    # English name and endonym -> the code detect_language returns. Generic (ISO 639-1 codes of
+    # widely used languages), so a prompt line that names a reply language can be compared with
+    # the language the replies were detected in.
+    "english": "en", "spanish": "es", "español": "es", "castilian": "es", "french": "fr",
+    "français": "fr", "german": "de", "deutsch": "de", "italian": "it", "italiano": "it",
+    "portuguese": "pt", "português": "pt", "dutch": "nl", "nederlands": "nl", "russian": "ru",
+    "русский": "ru", "ukrainian": "uk", "українська": "uk", "greek": "el", "ελληνικά": "el",
+    "hebrew": "he", "עברית": "he", "arabic": "ar", "العربية": "ar", "persian": "fa", "farsi": "fa",
+    "فارسی": "fa", "urdu": "ur", "اردو": "ur", "hindi": "hi", "हिन्दी": "hi", "bengali": "bn",
+    "bangla": "bn", "punjabi": "pa", "gujarati": "gu", "odia": "or", "tamil": "ta", "telugu": "te",
+    "kannada": "kn", "malayalam": "ml", "sinhala": "si", "thai": "th", "ไทย": "th", "lao": "lo",
+    "tibetan": "bo", "burmese": "my", "georgian": "ka", "armenian": "hy", "korean": "ko",
+    "한국어": "ko", "amharic": "am", "khmer": "km", "japanese": "ja", "日本語": "ja",
+    "chinese": "zh", "mandarin": "zh", "中文": "zh",
+}
+"""Language names (English and native, lower case) -> the codes :func:`detect_language` returns."""
 
 
 # --- built-in detectors --------------------------------------------------------------------------
@@ -1103,6 +1137,23 @@ def _ends_with_question(text: str) -> tuple[int, int] | None:
     while start < end and stripped[start].isspace():
         start += 1
     return start, end
+
+
+_POSITIVE_LABELS = frozenset({"thumbs_up", "positive", "good", "helpful", "up", "like", "liked"})
+
+
+def went_well(thread: Thread) -> bool:
+    """Positive evidence that the conversation served the user: a positive outcome or feedback
+    (thumbs-up, a score of at least 0.75 of a 0..1 scale), or a user message after the opening
+    one that thanks or confirms ("Thanks, that works!", "¡Gracias!"). Silence is not evidence:
+    a user who got a useless answer often just leaves."""
+    for f in thread.feedback:
+        label = (f.label or "").strip().lower()
+        if (f.kind == "outcome" and label in _POSITIVE_OUTCOMES) or label in _POSITIVE_LABELS:
+            return True
+        if f.kind != "outcome" and f.score is not None and 0.75 <= f.score <= 1.0:
+            return True
+    return any(_RESOLVED_RX.search(turn.user_text) for turn in thread.turns[1:])
 
 
 def _is_resolved(thread: Thread) -> bool:
@@ -1509,6 +1560,26 @@ _TRUNCATION_MARKER = re.compile(
     r"(?: (?:truncated|omitted|hidden))?[\])]?",
     re.IGNORECASE,
 )
+_TRUNCATION_SIZE = re.compile(
+    r"(?P<after>\b(?:after|at|to)\s+)?(?P<n>\d[\d,]*)\s*(?P<more>more\s+)?"
+    r"(?P<unit>chars?|characters|bytes|tokens|lines)\b", re.IGNORECASE)
+_UNITS = {"char": "characters", "chars": "characters", "characters": "characters",
+          "bytes": "bytes", "tokens": "tokens", "lines": "lines"}
+
+
+def truncation_sizes(marker: str) -> dict[str, Any]:
+    """What a truncation marker says about the cut: ``limit`` ("truncated after 300 chars"),
+    ``dropped`` ("… [truncated: 828 more characters]") and their ``unit`` (characters, bytes,
+    tokens or lines); empty when it says nothing measurable."""
+    m = _TRUNCATION_SIZE.search(marker)
+    if m is None:
+        return {}
+    n = int(m.group("n").replace(",", ""))
+    out: dict[str, Any] = {"unit": _UNITS[m.group("unit").lower()]}
+    out["limit" if m.group("after") and not m.group("more") else "dropped"] = n
+    return out
+
+
 _TRUNCATION_TAIL = 160
 """Characters at the end of a tool result searched for a truncation marker."""
 
@@ -1519,7 +1590,8 @@ def tool_output_truncated(thread: Thread, ctx: DetectionContext) -> list[Signal]
 
     The marker must be the last thing in the result (a marker inside a document the tool
     returned is not a cut). One signal per turn; ``details`` names the tools and, per cut result,
-    ``kept_chars`` (the content before the marker, without the ellipsis that introduces it).
+    ``kept_chars`` (the content before the marker, without the ellipsis that introduces it) and
+    what the marker says of the cut (:func:`truncation_sizes`: ``dropped`` / ``limit`` and ``unit``).
     """
     out: list[Signal] = []
     for turn in thread.turns:
@@ -1535,7 +1607,8 @@ def tool_output_truncated(thread: Thread, ctx: DetectionContext) -> list[Signal]
             # Content kept before the marker, without the ellipsis/space that introduces it.
             text = result.rstrip()
             kept = len(text[: len(text) - len(tail) + m.start()].rstrip(" .…\n"))
-            cut.append({"tool": call.name, "kept_chars": kept, "marker": m.group(0)})
+            cut.append({"tool": call.name, "kept_chars": kept, "marker": m.group(0),
+                        **truncation_sizes(m.group(0))})
         if cut:
             first = cut[0]
             out.append(_signal(thread, "tool_output_truncated", turn,

@@ -22,8 +22,13 @@ failure mode           edit
                        instruction not to repeat the same call
 ``regression``         restore what the new prompt version dropped or reworded (lines it only
                        added, e.g. a new section, are kept, so the contract holds)
+``forced_language``    replace the prompt line that orders one reply language (``_conflicts.py``)
+``prompt_instruction`` soften the section whose instruction the failing replies followed
+                       (``_conflicts.py``)
 ``unexplained``        no edit
 =====================  ======================================================================
+
+``truncated_tool_output``: raise the config setting that cuts tool results (``_conflicts.py``).
 
 Conversation text is untrusted: nothing from it ever chooses a file, and every quote that lands in
 a file or a rationale goes through :func:`neutralise` (one line, truncated, no Markdown/HTML/template
@@ -967,7 +972,31 @@ def coverage_gap_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> Propose
     return edit(d, repo_dir, ctx)
 
 
+def truncated_tool_output_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> ProposedEdit | None:
+    """Raise the harness setting that cuts tool results (:mod:`loop_middleware.patch._conflicts`)."""
+    from loop_middleware.patch._conflicts import truncated_tool_output_edit as edit
+
+    return edit(d, repo_dir, ctx)
+
+
+def forced_language_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> ProposedEdit | None:
+    """Reply in the user's language instead of a fixed one (:mod:`loop_middleware.patch._conflicts`)."""
+    from loop_middleware.patch._conflicts import forced_language_edit as edit
+
+    return edit(d, repo_dir, ctx)
+
+
+def prompt_instruction_edit(d: Diagnosis, repo_dir: Path, ctx: EditContext) -> ProposedEdit | None:
+    """Soften the instruction the failing replies followed (:mod:`loop_middleware.patch._conflicts`)."""
+    from loop_middleware.patch._conflicts import prompt_instruction_edit as edit
+
+    return edit(d, repo_dir, ctx)
+
+
 EDITS: dict[str, EditFunction] = {
+    "truncated_tool_output": truncated_tool_output_edit,
+    "forced_language": forced_language_edit,
+    "prompt_instruction": prompt_instruction_edit,
     "coverage_gap": coverage_gap_edit,
     "ungrounded_answer": ungrounded_answer_edit,
     "context_loss": context_loss_edit,

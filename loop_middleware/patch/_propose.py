@@ -90,6 +90,24 @@ def _evidence(d: Diagnosis, config: ProposeConfig) -> list[dict[str, Any]]:
             for ev in d.evidence[: config.max_quotes]]
 
 
+def _intents_line(d: Diagnosis) -> str:
+    """"; in 3 intents: A 48 (96.0%), B 38 (95.0%), C 12 (80.0%)" for a diagnosis merged across
+    intents (``details["intents"]``), else nothing."""
+    rows = d.details.get("intents")
+    if not isinstance(rows, list) or len(rows) < 2:
+        return ""
+    parts = []
+    for r in rows[:6]:
+        if not isinstance(r, dict):
+            continue
+        rate = r.get("rate")
+        parts.append(f"{neutralise(str(r.get('intent_name') or r.get('intent_id') or '?'), 60)} "
+                     f"{r.get('sessions', '?')}"
+                     + (f" ({_pct(float(rate))})" if isinstance(rate, int | float) else ""))
+    more = f", {len(rows) - 6} more" if len(rows) > 6 else ""
+    return f"; in {len(rows)} intents: " + ", ".join(parts) + more
+
+
 def render_rationale(d: Diagnosis, edit: ProposedEdit, config: ProposeConfig,
                      replay: ReplayResult | None = None, sample_size: int = 0) -> str:
     """The rationale of a fix, as light Markdown (plain lines and ``-`` lists only, so it reads
@@ -108,7 +126,8 @@ def render_rationale(d: Diagnosis, edit: ProposedEdit, config: ProposeConfig,
         f"- Failure mode: {neutralise(d.failure_mode, 40)} (signal: {signal}"
         + (f"; merged: {neutralise(', '.join(kinds), 120)}" if len(kinds) > 1 else "") + ")",
         f"- Sessions affected: {d.sessions_affected}"
-        + (f" of {total}" if total else "") + f" ({_pct(d.share_of_sessions)} of sessions)",
+        + (f" of {total}" if total else "") + f" ({_pct(d.share_of_sessions)} of sessions)"
+        + _intents_line(d),
         f"- {signal} rate: {_pct(d.rate_in_intent)} in intent '{intent}' vs "
         f"{_pct(d.rate_elsewhere)} elsewhere; lift {d.lift:.1f}x; p={d.p_value:.2g}, q={d.q_value:.2g}",
         f"- Confidence in the cause: {d.confidence:.2f}",
@@ -286,6 +305,9 @@ def propose_fixes(
             "replay": result.model_dump(mode="json") if result is not None else None,
             "sources": list(edit.sources),
         }
+        if isinstance(d.details.get("intent_ids"), list):
+            # A diagnosis merged across intents: measured over all of them (measure_fix).
+            fix.details["intent_ids"] = [str(i) for i in d.details["intent_ids"]]
         fix.placeholders = list(edit.placeholders)
         if edit.dedupe_key:
             by_key[edit.dedupe_key] = fix

@@ -15,7 +15,9 @@ scored with the same detectors as production (:func:`~loop_middleware.extract._s
 Only signals the *agent* can change are counted: frustration, escalation, negative feedback,
 a language switch, "I already told you" and "forget it" are the user's own (replayed, identical)
 words, and abandonment only counts when the replay reached the thread's real end. When the
-diagnosis' signals are all user-side, every agent-side signal is counted instead (``proxy``).
+diagnosis' signals are all user-side, every agent-side signal is counted instead (``proxy``),
+except the harness' own (:data:`HARNESS_KINDS`: a tool result it cut), which count only when the
+fix targets them.
 
 A fix is **worse** when its candidate cannot be built, when the target signal fires in more
 evidence threads than before, or when other threads that passed with the current agent fail with
@@ -57,7 +59,8 @@ from loop_middleware.types import (
     Turn,
 )
 
-__all__ = ["AGENT_SIDE_EXCLUDED", "ReplayGuard", "ReplayResult", "agent_side", "sample_threads"]
+__all__ = ["AGENT_SIDE_EXCLUDED", "HARNESS_KINDS", "ReplayGuard", "ReplayResult", "agent_side",
+           "sample_threads"]
 
 logger = logging.getLogger("loop_middleware.patch")
 
@@ -66,6 +69,11 @@ AGENT_SIDE_EXCLUDED = frozenset({"frustration", "escalation", "negative_feedback
 """Signal kinds a replay never counts: the user's own words (replayed unchanged) or wall-clock
 noise."""
 _USER_REASONS = frozenset({("abandonment", "user_gave_up"), ("context_loss", "user_repeats")})
+HARNESS_KINDS = frozenset({"tool_output_truncated"})
+"""Signal kinds about what the *harness* did to a tool result (it cut it), not about the agent's
+behaviour: a replay counts them only when the fix targets them (a config fix for the cut). A
+prompt fix after which the agent calls a tool whose result the harness cuts did not make the
+agent worse; the cut is its own root cause, with its own diagnosis and fix."""
 
 
 def agent_side(signal: Signal, *, reached_end: bool = True) -> bool:
@@ -344,7 +352,7 @@ class ReplayGuard:
     @staticmethod
     def _counted(sigs: Iterable[Signal], kinds: set[str] | None, reached_end: bool) -> set[str]:
         return {s.kind for s in sigs if agent_side(s, reached_end=reached_end)
-                and (kinds is None or s.kind in kinds)}
+                and (s.kind in kinds if kinds is not None else s.kind not in HARNESS_KINDS)}
 
     # -- the public entry ------------------------------------------------------------------------
 

@@ -21,7 +21,9 @@ from loop_middleware.extract._signals import (
     detect_thread,
     latency_threshold,
     register_detector,
+    truncation_sizes,
     turn_latency_ms,
+    went_well,
 )
 from loop_middleware.types import Feedback, LLMCall, Message, Signal, Thread, ToolCall, Turn
 
@@ -531,6 +533,33 @@ def test_language_mismatch_and_truncation_details() -> None:
     assert sig.details["tools"] == ["search_docs"]
     assert sig.details["cuts"][0]["kept_chars"] == len(("Rotate a key. Keys belong to one project and " * 6).rstrip())
     assert sig.evidence == "[truncated: 812 more characters]"
+    assert sig.details["cuts"][0]["dropped"] == 812 and sig.details["cuts"][0]["unit"] == "characters"
+
+
+@pytest.mark.parametrize(("marker", "sizes"), [
+    ("[truncated: 828 more characters]", {"dropped": 828, "unit": "characters"}),
+    ("… [truncated: 1,204 more chars]", {"dropped": 1204, "unit": "characters"}),
+    ("(output truncated after 4,000 chars)", {"limit": 4000, "unit": "characters"}),
+    ("truncated to 512 tokens", {"limit": 512, "unit": "tokens"}),
+    ("... (1,234 more lines)", {"dropped": 1234, "unit": "lines"}),
+    ("[truncated]", {}),
+    ("<output truncated>", {}),
+])
+def test_truncation_sizes(marker: str, sizes: dict[str, Any]) -> None:
+    assert truncation_sizes(marker) == sizes
+
+
+def test_went_well_needs_positive_evidence() -> None:
+    asked = ("How do I rotate my key?", "Open Settings, then Keys, then Rotate.")
+    assert not went_well(make_thread(asked))  # silence says nothing
+    assert went_well(make_thread(asked, ("Thanks, that works!", "You're welcome!")))
+    assert went_well(make_thread(asked, ("¡Gracias!", "¡De nada!")))
+    assert not went_well(make_thread(asked, ("That's not what I asked.", "Sorry.")))
+    # Thanking in the opening message ("thanks in advance") is not a verdict on the answer.
+    assert not went_well(make_thread(("Thanks in advance: how do I rotate my key?", "Open Settings.")))
+    up = Feedback(id="f1", thread_id="t1", kind="feedback", score=1.0, label="thumbs_up")
+    down = Feedback(id="f2", thread_id="t1", kind="feedback", score=0.0, label="thumbs_down")
+    assert went_well(make_thread(asked, feedback=[up])) and not went_well(make_thread(asked, feedback=[down]))
 
 
 def test_language_switch_details() -> None:
@@ -561,6 +590,12 @@ def test_language_switch_details() -> None:
     ("My order 88123 の状況を教えてください", "ja"),
     ("ok", None),
     ("Yes", None),
+    # Machine text (ids, hashes, key=value, hosts) says nothing about the writer's language: the
+    # hex of a request id splits into "a", "d", "e" ..., which are French stop words.
+    ("It still fails. Here is the log from the app:\n2026-03-15T00:08:08.949Z ERROR [acquirer.gateway] "
+     "socket timeout after 15000ms host=api.acme.example req_id=5573e3ee28d80905 attempt=1", "en"),
+    ("2026-03-15T00:08:08.949Z WARN [auth.3ds] cvc_check=fail req_id=2c1330bb5df8fe19 d=a c=e", None),
+    ("C'est l'ordre d'achat que j'ai payé, réf. AP-10212.", "fr"),
 ])
 def test_detect_language(text: str, lang: str | None) -> None:
     assert detect_language(text) == lang
