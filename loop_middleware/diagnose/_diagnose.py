@@ -11,6 +11,7 @@
     version jumps of cells and situations                   # exact tests, one BH family
       -> one regression Diagnosis per intent / situation
     cells a regressed situation added                       # attributed to it (no test)
+    diagnoses of one mechanism across intents               # merged: one per root cause (_merge)
 
 Regressions (what is tested, over which family, why false positives stay controlled)
 -------------------------------------------------------------------------------------
@@ -75,7 +76,9 @@ impact is computed from a selection made after looking at the data.
 The output is deterministic for the same input (sorted everywhere, no sampling), and a
 diagnosis' ``id`` depends only on the intent, its primary signal, the failure mode and the
 prompt version to fix, so the loop recognises a diagnosis it has already acted on and does not
-open a second pull request for it.
+open a second pull request for it. A diagnosis merged from several (one root cause reached by
+several intents, :mod:`~loop_middleware.diagnose._merge`) keeps the id of its strongest member
+and lists the others in ``details["merged_ids"]``.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ from ._hypotheses import (
     situation_tests,
     version_order,
 )
+from ._merge import MergeContext, merge_root_causes, plural
 from ._population import Population
 from ._stats import UNASSIGNED, CellStat, DiagnoseConfig, cell_table, significant_cells
 
@@ -293,7 +297,12 @@ def diagnose(
        of its affected sessions in that situation (see "Cells a situation regression explains"
        in the module docstring): listed in ``details["attributed_cells"]`` of the situation's
        diagnosis, which keeps its tested numbers.
-    5. Ranking: explained before unexplained, a root cause's first diagnosis before its repeats
+    5. One diagnosis per root cause across intents (``_merge.merge_root_causes``): diagnoses
+       with the same mechanism (the same missing topic in the same prompt, the same tool outcome, the same prompt version pair, ...) merge into their strongest one,
+       with the sessions of the union and a per-intent breakdown in ``details["intents"]``; an
+       unexplained diagnosis whose agent refuses a topic a coverage gap names joins that gap,
+       and one whose sessions mostly followed an explained cause joins it as a consequence.
+    6. Ranking: explained before unexplained, a root cause's first diagnosis before its repeats
        in other intents (:func:`_root_key`), then impact. A regression's impact counts only the
        sessions the change added (``excess_sessions``: affected on the new version beyond the
        old version's rate).
@@ -315,8 +324,8 @@ def diagnose(
             and the sessions a change added are scaled to it, and ``details["sample"]`` says so.
 
     Returns:
-        One :class:`~loop_middleware.types.Diagnosis` per (intent, root cause) and per regressed
-        situation, in the order above. Empty when no cell and no version jump passes the
+        One :class:`~loop_middleware.types.Diagnosis` per root cause (merged across intents and
+        situations), in the order above. Empty when no cell and no version jump passes the
         false-discovery-rate control.
     """
     cfg = config if config is not None else DiagnoseConfig()
@@ -473,6 +482,20 @@ def diagnose(
         out.append(_build_situation(trigger, sit_group, len(threads), signals_by_thread, cfg,
                                     attributed=attributed.get(trigger, []),
                                     population=population))
+    # 5. One diagnosis per root cause across intents (see _merge), then the stored id lists cut.
+    sizes: dict[str | None, int] = (dict(population.sessions) if population is not None
+                                    else {k: len(v) for k, v in members.items()})
+    names: dict[str | None, str] = {k: (intents_by_id[k].name if k in intents_by_id else k or UNASSIGNED)
+                                    for k in members}
+    names.update({i.id: i.name for i in intents})
+    merge_ctx = MergeContext(
+        affected={d.id: list(d.details.get("affected_thread_ids") or []) for d in out},
+        threads={t.thread_id: t for t in threads}, first=_first_turns(signals),
+        assignments=assignments, intent_names=names, intent_sizes=sizes,
+        total=population.total if population is not None else len(threads), config=cfg)
+    out = [d.model_copy(update={"details": {**d.details, "affected_thread_ids":
+                                            list(d.details.get("affected_thread_ids") or [])[:100]}})
+           for d in merge_root_causes(out, merge_ctx)]
     out = _rank(out)
     if llm is not None:
         by_id = {t.thread_id: t for t in threads}
@@ -566,7 +589,7 @@ def _build(
 
     details: dict[str, Any] = dict(primary.details)
     details["signals"] = kinds
-    details["affected_thread_ids"] = affected[:100]
+    details["affected_thread_ids"] = affected  # cut to 100 after merging
     details["cells"] = [
         {"signal": c.signal, "sessions_affected": c.sessions_affected,
          "rate_in_intent": c.rate_in_intent, "rate_elsewhere": c.rate_elsewhere, "lift": c.lift,
@@ -643,7 +666,7 @@ def _build_situation(
                f"({_pct(a / total)} of sessions), about {excess:.0f} of them added by the change; "
                f"{'/'.join(sorted(kinds))} after {trigger} {_pct(rate_in)} vs {_pct(rate_out)} in "
                f"sessions without {trigger}")
-    headline = (f"After {trigger}, sessions {what} because {_short(primary.clause)}, "
+    headline = (f"After {trigger}, sessions {plural(what)} because {_short(primary.clause)}, "
                 f"{_pct(a / total)} of sessions")
     roots = [c for c in attributed if "follows" not in c]
     if roots:
@@ -653,7 +676,7 @@ def _build_situation(
             f"{trigger} by the change)" for c in roots)
     details: dict[str, Any] = dict(primary.details)
     details["signals"] = sorted(kinds)
-    details["affected_thread_ids"] = affected[:100]
+    details["affected_thread_ids"] = affected  # cut to 100 after merging
     details["cells"] = [
         {"signal": t["signal"], "sessions_affected": len(t["affected_ids"]),
          "old_rate": h.details["old_rate"], "new_rate": h.details["new_rate"],
