@@ -286,7 +286,9 @@ def _build(group: _Group, ctx: MergeContext) -> Diagnosis:
         intent_ids=[e["intent_id"] for e in intents],
         merged=[{"id": d.id, "role": "primary" if d is primary else role,
                  "intent_id": d.intent_id, "intent_name": d.intent_name, "signal": d.signal,
-                 "failure_mode": d.failure_mode, "sessions_affected": d.sessions_affected,
+                 "failure_mode": d.failure_mode,
+                 "signals": list(d.details.get("signals") or [d.signal]),
+                 "sessions_affected": d.sessions_affected,
                  "rate_in_intent": d.rate_in_intent, "q_value": d.q_value, "impact": d.impact,
                  **({"followed_share": round(group.shares[d.id], 4)} if role == "consequence"
                     else {}),
