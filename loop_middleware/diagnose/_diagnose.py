@@ -124,6 +124,8 @@ _SIGNAL_PHRASES: Mapping[str, str] = {
     "context_loss": "loses context",
     "latency_outlier": "is slow",
     "negative_feedback": "gets negative feedback",
+    "tool_output_truncated": "gets tool output cut short",
+    "language_mismatch": "is answered in another language",
 }
 
 
@@ -160,11 +162,15 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-_MECHANISMS = ("ungrounded_answer", "tool_failure", "context_loss", "loop_stall")
-"""Failure modes that name an event in the thread (a tool result, dropped context, a loop)."""
+_MECHANISMS = ("ungrounded_answer", "tool_failure", "context_loss", "loop_stall",
+               "truncated_tool_output", "forced_language", "prompt_instruction")
+"""Failure modes that name an event in the thread (a tool result, dropped context, a loop, a cut
+tool result, a language instruction, a prompt instruction followed)."""
 
 _OWN_MODE: Mapping[str, str] = {"ungrounded": "ungrounded_answer", "tool_error": "tool_failure",
-                                "context_loss": "context_loss", "stall": "loop_stall"}
+                                "context_loss": "context_loss", "stall": "loop_stall",
+                                "tool_output_truncated": "truncated_tool_output",
+                                "language_mismatch": "forced_language"}
 """The failure mode that is the direct reading of a signal kind."""
 
 _Key = tuple[str, str]  # CellStat.key
@@ -239,6 +245,8 @@ def _root_key(d: Diagnosis) -> tuple[str, ...]:
     """What a diagnosis' fix changes: two diagnoses with one key are one root cause in two places
     (the same tool answering ungrounded in three intents, one prompt change regressing two)."""
     mode = d.failure_mode
+    if isinstance(d.details.get("root_cause"), str):  # the hypothesis names what its fix changes
+        return (mode, str(d.details["root_cause"]))
     if mode == "regression":
         return (mode, str(d.details.get("old_sha256")), str(d.details.get("new_sha256")))
     if mode in ("ungrounded_answer", "tool_failure", "loop_stall"):

@@ -19,6 +19,9 @@ loop_stall          the same tool is called over and over (a stall without tool:
 context_loss        the harness drops context (one mechanism per agent)
 regression          the same prompt file changed between the same two versions (the
                     same removed section, the diff being that of the version pair)
+(any explained)     the same ``details["root_cause"]`` when the hypothesis names what its
+                    fix changes (``"agent.yaml:max_tool_output_chars"``, a prompt section),
+                    before the rows above
 unexplained         never by key (nothing to compare)
 ==================  ==================================================================
 
@@ -106,6 +109,8 @@ def mechanism_key(d: Diagnosis) -> _Key | None:
     of the module docstring); ``None``: not comparable (unexplained, or a mechanism without an
     identity such as a stall that repeats no tool call)."""
     det, mode, path = d.details, d.failure_mode, d.prompt_path or ""
+    if mode != "unexplained" and isinstance(det.get("root_cause"), str) and det["root_cause"]:
+        return (mode, "root_cause", str(det["root_cause"]))  # named by the hypothesis itself
     if mode == "regression":
         old, new = det.get("old_sha256"), det.get("new_sha256")
         if not old or not new:

@@ -251,3 +251,24 @@ def test_a_trigger_that_comes_before_the_cause_is_no_consequence() -> None:
     ds = diagnose(threads, moved, list(INTENTS.values()), assignments, config=DiagnoseConfig(
         opening_excluded_signals=()))
     assert all("consequences" not in d.details for d in ds)
+
+
+def test_a_hypothesis_naming_its_root_cause_is_keyed_by_it() -> None:
+    base = dict(summary="s", sessions_affected=5, share_of_sessions=0.1, rate_in_intent=0.5,
+                rate_elsewhere=0.1, lift=5.0, p_value=0.01, q_value=0.02, impact=5.0, confidence=0.8)
+
+    def dx(intent: str, mode: str, **details: object) -> Diagnosis:
+        return Diagnosis(id=f"dx-{intent}", intent_id=intent, intent_name=intent, signal="refusal",
+                         failure_mode=mode, details=details, **base)  # type: ignore[arg-type]
+
+    section = "prompts/support.md#Plans and upgrades"
+    a = dx("a", "prompt_instruction", root_cause=section)
+    b = dx("b", "prompt_instruction", root_cause=section)
+    c = dx("c", "prompt_instruction", root_cause="prompts/support.md#Billing")
+    assert mechanism_key(a) == mechanism_key(b) != mechanism_key(c)
+    # Ungrounded answers are keyed by tool; two tools, two keys; nothing to key an unexplained by.
+    assert mechanism_key(dx("a", "ungrounded_answer", tool="search_kb")) != mechanism_key(
+        dx("b", "ungrounded_answer", tool="search_docs"))
+    assert mechanism_key(dx("a", "unexplained", root_cause=section)) is None
+    assert mechanism_key(dx("a", "tool_failure", tool="lookup_order", errors=3, empty_results=0)) != \
+        mechanism_key(dx("a", "tool_failure", tool="lookup_order", errors=0, empty_results=3))
