@@ -46,8 +46,10 @@ exact count says), ``share_of_sessions``, the evidence (round-robin over the mem
 signals; ``q_value`` is the largest of the members' (each passed its own test; the union was not
 tested); ``impact`` adds what each member brings beyond the sessions already counted, except for
 a regression, whose impact counts only sessions the change added and stays the largest member's.
-``details["intents"]`` breaks the sessions down per intent (they sum to ``sessions_affected``),
-``details["merged"]`` lists the members, ``details["consequences"]`` the attached consequences.
+A consequence adds neither sessions nor impact (those of its sessions that followed the cause
+are the cause's already): it is listed in ``details["consequences"]`` and its signal in
+``details["signals"]``. ``details["intents"]`` breaks the sessions down per intent (they sum to
+``sessions_affected``), ``details["merged"]`` lists the members.
 Every diagnosis gets ``details["intents"]``; one with a single member is otherwise unchanged.
 """
 
@@ -233,7 +235,10 @@ def _describe(d: Diagnosis) -> str:
 def _build(group: _Group, ctx: MergeContext) -> Diagnosis:
     members = [d for d, _ in group.members]
     primary = members[0]
-    union, per_intent, new_share = _breakdown(members, ctx)
+    # A consequence's sessions that followed the cause are the cause's already; the others are
+    # not the cause's doing: its sessions are listed with it, not added to the cause's.
+    roots = [d for d, role in group.members if role != "consequence"]
+    union, per_intent, new_share = _breakdown(roots, ctx)
     sessions = sum(per_intent.values())
     share = sessions / ctx.total if ctx.total else 0.0
     intents = [
@@ -245,11 +250,10 @@ def _build(group: _Group, ctx: MergeContext) -> Diagnosis:
     if len(members) == 1:
         return primary.model_copy(update={"details": {**primary.details, "intents": intents}})
 
-    roots = [d for d, role in group.members if role != "consequence"]
     if primary.failure_mode == "regression":
         impact = max(d.impact for d in roots)
     else:
-        impact = sum(d.impact * new_share[d.id] for d in members)
+        impact = sum(d.impact * new_share[d.id] for d in roots)
     signals = sorted({str(k) for d in members for k in (d.details.get("signals") or [d.signal])})
 
     # Headline: the primary's, naming every intent of the root cause and the union's share.

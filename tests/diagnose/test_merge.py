@@ -235,12 +235,12 @@ def test_a_consequence_attaches_to_its_cause() -> None:
     assert c["followed_share"] == round(9 / 14, 4)
     assert "frustration" in d.details["signals"]
     assert "it also explains" in d.summary
-    # The union: 12 refused sessions and the 5 frustrated v1 ones (the 9 others are among the 12).
-    assert d.sessions_affected == 12 + 5
-    check_breakdown(d, assignments, len(threads))
-    # A regression's impact counts only the sessions the change added: the consequence adds none.
+    # A consequence adds no sessions (9 of its 14 are among the 12 refused, the 5 others are not
+    # the refusal's doing) and no impact.
     [member] = [m for m in d.details["merged"] if m["role"] == "primary"]
+    assert d.sessions_affected == member["sessions_affected"] == 12
     assert d.impact == member["impact"]
+    check_breakdown(d, assignments, len(threads))
 
 
 def test_a_trigger_that_comes_before_the_cause_is_no_consequence() -> None:
