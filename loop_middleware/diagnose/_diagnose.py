@@ -85,7 +85,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scipy.stats import fisher_exact
@@ -151,6 +153,40 @@ def _short(clause: str) -> str:
         elif depth == 0:
             out.append(ch)
     return " ".join("".join(out).split()).rstrip(" ;,")
+
+
+_HEADING_RX = re.compile(r"^([-+])\s{0,3}#{1,6}\s+(.*\S)\s*$")
+
+
+def _removed_sections(diff: str) -> list[str]:
+    """The Markdown headings a prompt diff removes (and does not add back)."""
+    removed: list[str] = []
+    added: set[str] = set()
+    for line in diff.splitlines():
+        if line.startswith(("---", "+++")):
+            continue
+        m = _HEADING_RX.match(line)
+        if m is None:
+            continue
+        if m.group(1) == "-":
+            removed.append(m.group(2).strip())
+        else:
+            added.add(m.group(2).strip().casefold())
+    return list(dict.fromkeys(h for h in removed if h.casefold() not in added))
+
+
+def _cause(h: Hypothesis) -> str:
+    """The cause of a headline: a regression that removed prompt sections names them (what a
+    reader recognises and the revert restores), anything else its clause without details."""
+    sections = _removed_sections(str(h.details.get("diff") or "")) if h.failure_mode == "regression" else []
+    if not sections:
+        return _short(h.clause)
+    path = str(h.details.get("prompt_path") or (h.prompt.path if h.prompt else "") or "the prompt")
+    label = "/".join(Path(path).parts[-2:]) if path != "the prompt" else path
+    names = " and ".join(f"'{x}'" for x in sections[:3])
+    new = str(h.details.get("new_sha256") or "")[:12]
+    return (f"{label} dropped its {names} section{'s' if len(sections[:3]) > 1 else ''}"
+            + (f" in version {new}" if new else ""))
 
 
 def _sentence(text: str) -> str:
@@ -593,7 +629,7 @@ def _build(
         headline = f"{name} {what}, cause not identified, {_pct(a / total)} of sessions"
     else:
         summary = f"{subject} because {primary.clause}: {numbers}"
-        headline = f"{name} {what} because {_short(primary.clause)}, {_pct(a / total)} of sessions"
+        headline = f"{name} {what} because {_cause(primary)}, {_pct(a / total)} of sessions"
 
     details: dict[str, Any] = dict(primary.details)
     details["signals"] = kinds
@@ -674,7 +710,7 @@ def _build_situation(
                f"({_pct(a / total)} of sessions), about {excess:.0f} of them added by the change; "
                f"{'/'.join(sorted(kinds))} after {trigger} {_pct(rate_in)} vs {_pct(rate_out)} in "
                f"sessions without {trigger}")
-    headline = (f"After {trigger}, sessions {plural(what)} because {_short(primary.clause)}, "
+    headline = (f"After {trigger}, sessions {plural(what)} because {_cause(primary)}, "
                 f"{_pct(a / total)} of sessions")
     roots = [c for c in attributed if "follows" not in c]
     if roots:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from loop_middleware.diagnose._diagnose import DiagnoseConfig, diagnose, diagnosis_id
 from loop_middleware.diagnose._merge import mechanism_key
-from loop_middleware.types import Diagnosis, Signal, Thread
+from loop_middleware.types import Diagnosis, PromptVersion, Signal, Thread
 
 from .test_diagnose import (
     CANCEL_ASKS,
@@ -30,6 +30,7 @@ from .test_diagnose import (
     assert_verbatim,
     assign,
     plain,
+    prompt,
     sig,
     thread,
     tool,
@@ -193,7 +194,8 @@ def test_an_unexplained_diagnosis_refusing_the_gaps_topic_joins_the_gap() -> Non
         ("coverage_gap", "int-refund"), ("unexplained", "int-warranty")]
 
 
-def consequence_store() -> tuple[list[Thread], list[Signal], dict[str, str | None]]:
+def consequence_store(new: PromptVersion = SUPPORT_V2
+                      ) -> tuple[list[Thread], list[Signal], dict[str, str | None]]:
     """Tracking: prompt v2 makes the agent deflect 12 of 15 sessions (refusal, turn 0; none on
     v1); users get frustrated (turn 1) in 9 of those and, for other reasons, in 5 v1 sessions:
     the frustration rate barely moves with the version (5/15 -> 9/15, no jump of its own) but
@@ -208,7 +210,7 @@ def consequence_store() -> tuple[list[Thread], list[Signal], dict[str, str | Non
                     T(ask(TRACKING_ASKS, i), "Tracking questions are handled by our logistics team."
                       if deflected else "Let me check that for you."),
                     T("This is useless, I asked twice!" if frustrated else "Thanks!", "Sorry."),
-                    prompt=SUPPORT_V2 if on_new else SUPPORT_V1, at=T0 + timedelta(hours=i))
+                    prompt=new if on_new else SUPPORT_V1, at=T0 + timedelta(hours=i))
         threads.append(th)
         if deflected:
             signals.append(sig(th, "refusal", 0))
@@ -216,7 +218,7 @@ def consequence_store() -> tuple[list[Thread], list[Signal], dict[str, str | Non
             signals.append(sig(th, "frustration", 1))
     others = []
     for i in range(40):
-        others += plain("pw", PASSWORD_ASKS, 1, start=i, prompt=SUPPORT_V1 if i < 20 else SUPPORT_V2,
+        others += plain("pw", PASSWORD_ASKS, 1, start=i, prompt=SUPPORT_V1 if i < 20 else new,
                         at=T0 + timedelta(hours=i))
     return threads + others, signals, {**assign(threads, "tracking"), **assign(others, "password")}
 
@@ -272,3 +274,18 @@ def test_a_hypothesis_naming_its_root_cause_is_keyed_by_it() -> None:
     assert mechanism_key(dx("a", "unexplained", root_cause=section)) is None
     assert mechanism_key(dx("a", "tool_failure", tool="lookup_order", errors=3, empty_results=0)) != \
         mechanism_key(dx("a", "tool_failure", tool="lookup_order", errors=0, empty_results=3))
+
+
+def test_a_regression_headline_names_the_section_the_change_dropped() -> None:
+    dropped = prompt(SUPPORT_V1.text.replace(
+        "## Order tracking\n"
+        "Use the track_order tool with the order number to give the carrier and delivery date.\n", ""))
+    threads, signals, assignments = consequence_store(dropped)
+    [d] = diagnose(threads, signals, list(INTENTS.values()), assignments)
+    assert d.failure_mode == "regression"
+    assert (f"because prompts/support.md dropped its 'Order tracking' section in version "
+            f"{dropped.sha256[:12]}, ") in d.headline
+    # A change that removes no heading keeps the clause.
+    threads, signals, assignments = consequence_store()
+    [d] = diagnose(threads, signals, list(INTENTS.values()), assignments)
+    assert "dropped its" not in d.headline and "rate jumped from 0% to 80%" in d.headline
