@@ -12,7 +12,8 @@ hypothesis' own details, never from an intent's name:
 ==================  ==================================================================
 failure mode        the same mechanism when ...
 ==================  ==================================================================
-coverage_gap        the same prompt file lacks the same topic (``details["topic"]``)
+coverage_gap        the same prompt file (by file name: a prompt's versions may be recorded
+                    from different folders) lacks the same topic (``details["topic"]``)
 ungrounded_answer   the same prompt file answers after the same tool returned nothing
 tool_failure        the same tool fails the same way (mostly errors / mostly empty)
 loop_stall          the same tool is called over and over (a stall without tool: none)
@@ -60,6 +61,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from .._topics import refusal_topics, topic_label
@@ -106,21 +108,27 @@ def _tool_outcome(details: Mapping[str, Any]) -> str:
     return "error" if errors >= empty else "empty"
 
 
+def _file_name(path: object) -> str:
+    return PurePath(str(path)).name if path else ""
+
+
 def mechanism_key(d: Diagnosis) -> _Key | None:
     """What a diagnosis' fix changes, as a key two diagnoses of one root cause share (the table
     of the module docstring); ``None``: not comparable (unexplained, or a mechanism without an
     identity such as a stall that repeats no tool call)."""
-    det, mode, path = d.details, d.failure_mode, d.prompt_path or ""
+    # A prompt file by its name: its versions may be recorded from different folders (a history
+    # folder, a deployment), and what a fix edits is "the support prompt" either way.
+    det, mode, path = d.details, d.failure_mode, _file_name(d.prompt_path)
     if mode != "unexplained" and isinstance(det.get("root_cause"), str) and det["root_cause"]:
         return (mode, "root_cause", str(det["root_cause"]))  # named by the hypothesis itself
     if mode == "regression":
         old, new = det.get("old_sha256"), det.get("new_sha256")
         if not old or not new:
             return None
-        return (mode, str(det.get("prompt_path") or path), str(old), str(new))
+        return (mode, _file_name(det.get("prompt_path")) or path, str(old), str(new))
     if mode == "coverage_gap":
-        topic = det.get("topic")
-        return (mode, path, str(topic)) if topic else None
+        topic = topic_label(str(det.get("topic") or "").split())  # "api requests" = "api request"
+        return (mode, path, topic) if topic else None
     if mode == "ungrounded_answer":
         return (mode, path, str(det.get("tool") or ""))
     if mode == "tool_failure":
@@ -350,7 +358,7 @@ def merge_root_causes(diagnoses: Sequence[Diagnosis], ctx: MergeContext) -> list
         if topic is None:
             rest.append(d)
             continue
-        cands = sorted(gaps.get(topic, []), key=lambda k: (k[1] != (d.prompt_path or ""), k))
+        cands = sorted(gaps.get(topic, []), key=lambda k: (k[1] != _file_name(d.prompt_path), k))
         if cands:
             groups[cands[0]].members.append((d, "restatement"))
         else:
