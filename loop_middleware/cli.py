@@ -396,6 +396,14 @@ def analyze_cmd(
         console.print(f"[bold]{i}. {escape(d.headline or d.summary)}[/]", highlight=False)
         if d.headline:
             console.print(f"   {escape(d.summary)}", highlight=False)
+        per_intent = d.details.get("intents") or []
+        if len(per_intent) > 1:  # one root cause across intents: where its sessions are
+            listed = [e for e in per_intent if e["sessions"] >= min_group_size][:8]
+            more = len(per_intent) - len(listed)
+            console.print(f"   in {len(per_intent)} intents: " + escape(", ".join(
+                f"{_snip(str(e['intent_name']), 30)} {e['sessions']} ({e['rate']:.0%})"
+                for e in listed)) + (f"{'; ' if listed else ''}{more} more with fewer sessions each"
+                                     if more else ""), highlight=False)
 
 
 RepoOption = Annotated[Path, typer.Option("--repo", envvar="LOOP_REPO_DIR",

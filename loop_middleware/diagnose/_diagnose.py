@@ -11,6 +11,7 @@
     version jumps of cells and situations                   # exact tests, one BH family
       -> one regression Diagnosis per intent / situation
     cells a regressed situation added                       # attributed to it (no test)
+    diagnoses of one mechanism across intents               # merged: one per root cause (_merge)
 
 Regressions (what is tested, over which family, why false positives stay controlled)
 -------------------------------------------------------------------------------------
@@ -75,14 +76,18 @@ impact is computed from a selection made after looking at the data.
 The output is deterministic for the same input (sorted everywhere, no sampling), and a
 diagnosis' ``id`` depends only on the intent, its primary signal, the failure mode and the
 prompt version to fix, so the loop recognises a diagnosis it has already acted on and does not
-open a second pull request for it.
+open a second pull request for it. A diagnosis merged from several (one root cause reached by
+several intents, :mod:`~loop_middleware.diagnose._merge`) keeps the id of its strongest member
+and lists the others in ``details["merged_ids"]``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scipy.stats import fisher_exact
@@ -101,6 +106,7 @@ from ._hypotheses import (
     situation_tests,
     version_order,
 )
+from ._merge import MergeContext, merge_root_causes, plural
 from ._population import Population
 from ._stats import UNASSIGNED, CellStat, DiagnoseConfig, cell_table, significant_cells
 
@@ -120,6 +126,8 @@ _SIGNAL_PHRASES: Mapping[str, str] = {
     "context_loss": "loses context",
     "latency_outlier": "is slow",
     "negative_feedback": "gets negative feedback",
+    "tool_output_truncated": "gets tool output cut short",
+    "language_mismatch": "is answered in another language",
 }
 
 
@@ -147,6 +155,40 @@ def _short(clause: str) -> str:
     return " ".join("".join(out).split()).rstrip(" ;,")
 
 
+_HEADING_RX = re.compile(r"^([-+])\s{0,3}#{1,6}\s+(.*\S)\s*$")
+
+
+def _removed_sections(diff: str) -> list[str]:
+    """The Markdown headings a prompt diff removes (and does not add back)."""
+    removed: list[str] = []
+    added: set[str] = set()
+    for line in diff.splitlines():
+        if line.startswith(("---", "+++")):
+            continue
+        m = _HEADING_RX.match(line)
+        if m is None:
+            continue
+        if m.group(1) == "-":
+            removed.append(m.group(2).strip())
+        else:
+            added.add(m.group(2).strip().casefold())
+    return list(dict.fromkeys(h for h in removed if h.casefold() not in added))
+
+
+def _cause(h: Hypothesis) -> str:
+    """The cause of a headline: a regression that removed prompt sections names them (what a
+    reader recognises and the revert restores), anything else its clause without details."""
+    sections = _removed_sections(str(h.details.get("diff") or "")) if h.failure_mode == "regression" else []
+    if not sections:
+        return _short(h.clause)
+    path = str(h.details.get("prompt_path") or (h.prompt.path if h.prompt else "") or "the prompt")
+    label = "/".join(Path(path).parts[-2:]) if path != "the prompt" else path
+    names = " and ".join(f"'{x}'" for x in sections[:3])
+    new = str(h.details.get("new_sha256") or "")[:12]
+    return (f"{label} dropped its {names} section{'s' if len(sections[:3]) > 1 else ''}"
+            + (f" in version {new}" if new else ""))
+
+
 def _sentence(text: str) -> str:
     text = text.strip()
     return (text[:1].upper() + text[1:]).rstrip(".") + "."
@@ -156,11 +198,15 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-_MECHANISMS = ("ungrounded_answer", "tool_failure", "context_loss", "loop_stall")
-"""Failure modes that name an event in the thread (a tool result, dropped context, a loop)."""
+_MECHANISMS = ("ungrounded_answer", "tool_failure", "context_loss", "loop_stall",
+               "truncated_tool_output", "forced_language", "prompt_instruction")
+"""Failure modes that name an event in the thread (a tool result, dropped context, a loop, a cut
+tool result, a language instruction, a prompt instruction followed)."""
 
 _OWN_MODE: Mapping[str, str] = {"ungrounded": "ungrounded_answer", "tool_error": "tool_failure",
-                                "context_loss": "context_loss", "stall": "loop_stall"}
+                                "context_loss": "context_loss", "stall": "loop_stall",
+                                "tool_output_truncated": "truncated_tool_output",
+                                "language_mismatch": "forced_language"}
 """The failure mode that is the direct reading of a signal kind."""
 
 _Key = tuple[str, str]  # CellStat.key
@@ -235,6 +281,8 @@ def _root_key(d: Diagnosis) -> tuple[str, ...]:
     """What a diagnosis' fix changes: two diagnoses with one key are one root cause in two places
     (the same tool answering ungrounded in three intents, one prompt change regressing two)."""
     mode = d.failure_mode
+    if isinstance(d.details.get("root_cause"), str):  # the hypothesis names what its fix changes
+        return (mode, str(d.details["root_cause"]))
     if mode == "regression":
         return (mode, str(d.details.get("old_sha256")), str(d.details.get("new_sha256")))
     if mode in ("ungrounded_answer", "tool_failure", "loop_stall"):
@@ -293,7 +341,12 @@ def diagnose(
        of its affected sessions in that situation (see "Cells a situation regression explains"
        in the module docstring): listed in ``details["attributed_cells"]`` of the situation's
        diagnosis, which keeps its tested numbers.
-    5. Ranking: explained before unexplained, a root cause's first diagnosis before its repeats
+    5. One diagnosis per root cause across intents (``_merge.merge_root_causes``): diagnoses
+       with the same mechanism (the same missing topic in the same prompt, the same tool outcome, the same prompt version pair, ...) merge into their strongest one,
+       with the sessions of the union and a per-intent breakdown in ``details["intents"]``; an
+       unexplained diagnosis whose agent refuses a topic a coverage gap names joins that gap,
+       and one whose sessions mostly followed an explained cause joins it as a consequence.
+    6. Ranking: explained before unexplained, a root cause's first diagnosis before its repeats
        in other intents (:func:`_root_key`), then impact. A regression's impact counts only the
        sessions the change added (``excess_sessions``: affected on the new version beyond the
        old version's rate).
@@ -315,8 +368,8 @@ def diagnose(
             and the sessions a change added are scaled to it, and ``details["sample"]`` says so.
 
     Returns:
-        One :class:`~loop_middleware.types.Diagnosis` per (intent, root cause) and per regressed
-        situation, in the order above. Empty when no cell and no version jump passes the
+        One :class:`~loop_middleware.types.Diagnosis` per root cause (merged across intents and
+        situations), in the order above. Empty when no cell and no version jump passes the
         false-discovery-rate control.
     """
     cfg = config if config is not None else DiagnoseConfig()
@@ -473,6 +526,20 @@ def diagnose(
         out.append(_build_situation(trigger, sit_group, len(threads), signals_by_thread, cfg,
                                     attributed=attributed.get(trigger, []),
                                     population=population))
+    # 5. One diagnosis per root cause across intents (see _merge), then the stored id lists cut.
+    sizes: dict[str | None, int] = (dict(population.sessions) if population is not None
+                                    else {k: len(v) for k, v in members.items()})
+    names: dict[str | None, str] = {k: (intents_by_id[k].name if k in intents_by_id else k or UNASSIGNED)
+                                    for k in members}
+    names.update({i.id: i.name for i in intents})
+    merge_ctx = MergeContext(
+        affected={d.id: list(d.details.get("affected_thread_ids") or []) for d in out},
+        threads={t.thread_id: t for t in threads}, first=_first_turns(signals),
+        assignments=assignments, intent_names=names, intent_sizes=sizes,
+        total=population.total if population is not None else len(threads), config=cfg)
+    out = [d.model_copy(update={"details": {**d.details, "affected_thread_ids":
+                                            list(d.details.get("affected_thread_ids") or [])[:100]}})
+           for d in merge_root_causes(out, merge_ctx)]
     out = _rank(out)
     if llm is not None:
         by_id = {t.thread_id: t for t in threads}
@@ -562,11 +629,11 @@ def _build(
         headline = f"{name} {what}, cause not identified, {_pct(a / total)} of sessions"
     else:
         summary = f"{subject} because {primary.clause}: {numbers}"
-        headline = f"{name} {what} because {_short(primary.clause)}, {_pct(a / total)} of sessions"
+        headline = f"{name} {what} because {_cause(primary)}, {_pct(a / total)} of sessions"
 
     details: dict[str, Any] = dict(primary.details)
     details["signals"] = kinds
-    details["affected_thread_ids"] = affected[:100]
+    details["affected_thread_ids"] = affected  # cut to 100 after merging
     details["cells"] = [
         {"signal": c.signal, "sessions_affected": c.sessions_affected,
          "rate_in_intent": c.rate_in_intent, "rate_elsewhere": c.rate_elsewhere, "lift": c.lift,
@@ -643,7 +710,7 @@ def _build_situation(
                f"({_pct(a / total)} of sessions), about {excess:.0f} of them added by the change; "
                f"{'/'.join(sorted(kinds))} after {trigger} {_pct(rate_in)} vs {_pct(rate_out)} in "
                f"sessions without {trigger}")
-    headline = (f"After {trigger}, sessions {what} because {_short(primary.clause)}, "
+    headline = (f"After {trigger}, sessions {plural(what)} because {_cause(primary)}, "
                 f"{_pct(a / total)} of sessions")
     roots = [c for c in attributed if "follows" not in c]
     if roots:
@@ -653,7 +720,7 @@ def _build_situation(
             f"{trigger} by the change)" for c in roots)
     details: dict[str, Any] = dict(primary.details)
     details["signals"] = sorted(kinds)
-    details["affected_thread_ids"] = affected[:100]
+    details["affected_thread_ids"] = affected  # cut to 100 after merging
     details["cells"] = [
         {"signal": t["signal"], "sessions_affected": len(t["affected_ids"]),
          "old_rate": h.details["old_rate"], "new_rate": h.details["new_rate"],

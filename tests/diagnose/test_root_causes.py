@@ -161,9 +161,9 @@ def test_coverage_gap_ignores_tool_identifiers_and_needs_an_uninformed_agent() -
             assert d.details["informed_by_tools"] == 0
 
 
-def test_repeats_of_a_root_cause_rank_after_new_root_causes() -> None:
+def test_one_root_cause_in_two_intents_is_one_diagnosis_with_a_per_intent_breakdown() -> None:
     # The same tool answers ungrounded in two intents (one root cause: one fix), and a smaller
-    # coverage gap in a third. The gap is listed before the ungrounded answer's second intent.
+    # coverage gap in a third: two diagnoses, the ungrounded one with both intents.
     threads: list[Thread] = []
     signals: list[Signal] = []
     assignments: dict[str, str | None] = {}
@@ -188,10 +188,14 @@ def test_repeats_of_a_root_cause_rank_after_new_root_causes() -> None:
     assignments.update({**assign(refund, "refund"), **assign(others, "password")})
     ds = diagnose(threads, signals, list(INTENTS.values()), assignments, config=DiagnoseConfig())
     modes = [(d.failure_mode, d.intent_id) for d in ds]
-    assert modes == [("ungrounded_answer", "int-warranty"), ("coverage_gap", "int-refund"),
-                     ("ungrounded_answer", "int-tracking")]
-    # ... although the repeat has the larger impact than the coverage gap.
-    assert ds[2].impact > ds[1].impact
+    assert modes == [("ungrounded_answer", "int-warranty"), ("coverage_gap", "int-refund")]
+    d = ds[0]
+    assert d.sessions_affected == 12 + 10
+    assert [(e["intent_id"], e["sessions"]) for e in d.details["intents"]] == [
+        ("int-warranty", 12), ("int-tracking", 10)]
+    assert d.details["intents"][1]["rate"] == round(10 / 14, 4)
+    name = f"{INTENTS['warranty'].name} and {INTENTS['tracking'].name}"
+    assert d.headline.startswith(f"{name[:1].upper()}{name[1:]} get ungrounded answers because")
 
 
 def test_headline_names_the_topic_in_the_agents_own_words_with_the_share(
