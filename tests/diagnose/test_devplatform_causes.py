@@ -56,7 +56,12 @@ def test_new_modes_are_failure_modes() -> None:
 def test_truncation_is_diagnosed_as_the_harness_cut(defective: tuple[Simulated, list[Diagnosis]]) -> None:
     sim, diagnoses = defective
     (d,) = by_mode(diagnoses, "truncated_tool_output")
-    assert d.intent_name == "how_to" and suffered(sim, d, "truncated_answer") > 0.9
+    # Merged across intents (one harness setting): the non-English developers asking for a long
+    # page were cut too, though the simulator records the first failure they met (wrong_language).
+    assert d.intent_name == "how_to" and suffered(sim, d, "truncated_answer") > 0.5
+    cut = {s.thread_id for s in sim.signals if s.kind == "tool_output_truncated"}
+    assert set(d.details["affected_thread_ids"]) <= cut
+    assert all(sim.truth[t].failures for t in d.details["affected_thread_ids"])
     # The cut length is the setting's (the kept content is at most 300 characters, a few less
     # when the cut ends on a space), and the markers' "N more characters" give the full lengths.
     assert 290 <= d.details["cut_length"] <= 300
