@@ -537,8 +537,9 @@ def demo_cmd(
     threads: Annotated[int, typer.Option(help="Conversations per cohort.")] = 400,
     seed: Annotated[int, typer.Option(help="Simulation seed.")] = 0,
     embedder: EmbedderOption = "default",
-    example: Annotated[Path | None, typer.Option(help="The example agent folder "
-                                                      "(default: examples/support_agent).")] = None,
+    example: Annotated[Path | None, typer.Option(help="The example agent folder: "
+                                                      "examples/support_agent (default) or "
+                                                      "examples/devplatform_agent.")] = None,
 ) -> None:
     """The whole loop, offline, in a few minutes: simulated production traffic on an example
     agent with planted defects -> analyze -> diagnose -> propose fixes as branches -> merge them

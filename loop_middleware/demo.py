@@ -62,23 +62,54 @@ def _git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+def _package(example: Path) -> str:
+    """The example's importable package (``examples.support_agent``): ``simulate`` and
+    ``build_agent`` come from there."""
+    return f"{example.parent.name}.{example.name}"
+
+
+def _title(example: Path) -> str:
+    """The example's name from its README's first heading ("Acme Pay: the example ..." -> "Acme
+    Pay"), else its folder name."""
+    readme = example / "README.md"
+    if readme.is_file():
+        for line in readme.read_text(encoding="utf-8").splitlines():
+            if line.startswith("# "):
+                return line[2:].split(":", 1)[0].strip()
+    return example.name
+
+
+def _host_config(example: Path) -> str:
+    """The example's ``agent.yaml`` with each top-level setting that names one of the example's
+    own data files or folders (``kb_dir: kb``) made absolute: the harness finds its data where it
+    is, and the host repo holds only what a fix may change (prompts and harness settings)."""
+    lines = []
+    for line in (example / "agent.yaml").read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition(":")
+        value = value.strip()
+        if (sep and not line[:1].isspace() and not key.startswith("#") and value
+                and not value.startswith(("[", "{", "/", "'", '"')) and value != "prompts"
+                and (example / value).exists()):
+            line = f"{key}: {example / value}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def _host_repo(example: Path, repo: Path) -> None:
     """A throw-away git copy of the example's own files (prompts and harness config), with the
-    prompt's history: v1, then the current v2 that (by mistake) dropped a section."""
+    prompt's history: v1 (``prompt_history/v1/``), then the current v2 that (by mistake)
+    regressed."""
     if repo.exists():
         shutil.rmtree(repo)
     (repo / "prompts").mkdir(parents=True)
     _git(repo, "init", "-q", "-b", "main")
-    text = (example / "agent.yaml").read_text(encoding="utf-8")
-    # Keep the example's knowledge base and order data where the harness expects them.
-    text = text.replace("kb_dir: kb", f"kb_dir: {example / 'kb'}")
-    text = text.replace("orders_file: data/orders.json", f"orders_file: {example / 'data' / 'orders.json'}")
-    (repo / "agent.yaml").write_text(text, encoding="utf-8")
+    (repo / "agent.yaml").write_text(_host_config(example), encoding="utf-8")
     # Two fixes may edit the same prompt: a reviewer merging both keeps both (union merge).
     (repo / ".gitattributes").write_text("prompts/*.md merge=union\n", encoding="utf-8")
-    shutil.copy(example / "prompt_history" / "v1" / "support.md", repo / "prompts" / "support.md")
+    for prompt in sorted((example / "prompt_history" / "v1").glob("*.md")):
+        shutil.copy(prompt, repo / "prompts" / prompt.name)
     _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "Acme Pay support agent, prompt v1")
+    _git(repo, "commit", "-qm", f"{_title(example)} agent, prompt v1")
 
 
 def _review(fixes: list[Fix], example: Path, repo: Path, say: Say) -> dict[str, Any]:
@@ -126,14 +157,18 @@ def _review(fixes: list[Fix], example: Path, repo: Path, say: Say) -> dict[str, 
 
 
 def _ship_v2(example: Path, repo: Path) -> None:
-    shutil.copy(example / "prompts" / "support.md", repo / "prompts" / "support.md")
-    _git(repo, "commit", "-qam", "Tidy up the support prompt (v2)")
+    for prompt in sorted((example / "prompts").glob("*.md")):
+        shutil.copy(prompt, repo / "prompts" / prompt.name)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "Tidy up the prompt (v2)")
 
 
 def _simulate(example: Path, repo: Path, store: Store, n: int, seed: int, prefix: str) -> Any:
-    from examples.support_agent import simulate
+    import importlib
 
     from .capture import LoopCallbackHandler
+
+    simulate = importlib.import_module(_package(example)).simulate
 
     handler = LoopCallbackHandler(store, emit_spans=False)
     try:
@@ -172,7 +207,10 @@ def run_demo(
     t_start = time.perf_counter()
     example = (example or find_example()).resolve()
     if str(example.parents[1]) not in sys.path:
-        sys.path.insert(0, str(example.parents[1]))  # makes `examples.support_agent` importable
+        sys.path.insert(0, str(example.parents[1]))  # makes `examples.<example>` importable
+    if not (example / "agent.yaml").is_file() or not (example / "prompt_history" / "v1").is_dir():
+        raise ConfigError(f"{example} is not an example agent: it needs agent.yaml, prompts/ and "
+                          "prompt_history/v1/ (see examples/support_agent)")
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     db = out_dir / "loop.db"
@@ -187,7 +225,7 @@ def run_demo(
     t = time.perf_counter()
     n_v1 = max(threads // 2, 20)
     say(f"[1/7] cohort 1: {n_v1} conversations on prompt v1, then {threads} on v2 "
-        "(simulated users from BANKING77, the agent's LLM is a labelled offline simulator)")
+        "(simulated users; the agent's LLM is a labelled offline simulator)")
     _simulate(example, repo, store, n_v1, seed, "c1v1")
     _ship_v2(example, repo)
     _simulate(example, repo, store, threads, seed + 1, "c1v2")
@@ -199,7 +237,7 @@ def run_demo(
     loop_cfg = LoopConfig(
         database_url=f"sqlite:///{db}", repo_dir=str(repo), embedder=embedder,  # type: ignore[arg-type]
         allowed_globs=["prompts/**/*.md", "agent.yaml"], config_files=["agent.yaml"],
-        agent_factory="examples.support_agent:build_agent", agent_config="agent.yaml",
+        agent_factory=f"{_package(example)}:build_agent", agent_config="agent.yaml",
         out_dir=str(out_dir / "prs"),
     )
     graph = build_graph(checkpointer=InMemorySaver())
@@ -276,7 +314,7 @@ def run_demo(
     from .report import render_report
     from .report._build import build_report_data
 
-    report = render_report(build_report_data(store, title="loop-middleware demo: Acme Pay support agent",
+    report = render_report(build_report_data(store, title=f"loop-middleware demo: {_title(example)} agent",
                                              min_group_size=loop_cfg.min_group_size),
                            out_dir / "report.html")
     timings["report_s"] = time.perf_counter() - t
