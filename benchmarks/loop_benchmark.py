@@ -167,9 +167,13 @@ def score(diagnoses: Sequence[Diagnosis], truth: Truth, k: int) -> dict[str, Any
         tids = list(d.details.get("affected_thread_ids", []))
         known = [truth[t] for t in tids if t in truth]
         intents = Counter(t["intent"] for t in known)
+        # What really went wrong in its sessions (the simulator's own failures, planted or not):
+        # tells a false diagnosis that restates a planted defect from one about something else.
+        failures = Counter(f for t in known for f in set(t["failures"]))
         rows.append({
             "failure_mode": d.failure_mode, "signal": d.signal, "intent": d.intent_name,
             "true_intent": intents.most_common(1)[0][0] if intents else None,
+            "true_failures": {f: n for f, n in failures.most_common(3)}, "known": len(known),
             "sessions": d.sessions_affected, "defect": match_defect(d.failure_mode, tids, truth),
         })
     found = sorted({r["defect"] for r in rows if r["defect"]})
@@ -561,7 +565,8 @@ def print_table(seeds: Sequence[dict[str, Any]], k: int) -> None:
         console.print(f"seed {r['seed']} top {k}:")
         for row in r["loop"]["top"]:
             console.print(f"   {row['failure_mode']:18} {row['signal']:18} {row['intent'][:34]:34} "
-                          f"true={row['true_intent']:13} n={row['sessions']:3}  -> {row['defect'] or 'FALSE'}")
+                          f"true={row['true_intent']:13} n={row['sessions']:3}  -> {row['defect'] or 'FALSE'}"
+                          + ("" if row["defect"] else f"  (true failures {_failures(row)})"))
         for n, p in r["prefixes"].items():
             console.print(f"   prefix {n:4}: found {','.join(p['found']) or '-':8} false {p['false']}")
         if r.get("control"):
@@ -571,6 +576,11 @@ def print_table(seeds: Sequence[dict[str, Any]], k: int) -> None:
         for f in r["fixes"]:
             d = f"{f['delta']:+.3f}" if f["delta"] is not None else "  n/a "
             console.print(f"   fix {f['kind']:14} defect={f['defect'] or '-'} delta={d} {f['decision']:6} {f['title'][:70]}")
+
+
+def _failures(row: dict[str, Any]) -> str:
+    got = row.get("true_failures") or {}
+    return ", ".join(f"{k} {v}/{row.get('known', 0)}" for k, v in got.items()) or "none"
 
 
 def print_devplatform(seeds: Sequence[dict[str, Any]], k: int) -> None:
