@@ -264,7 +264,9 @@ class Diagnosis(_Model):
     signal: str
     failure_mode: str
     """``coverage_gap``, ``regression``, ``tool_failure``, ``ungrounded_answer``, ``context_loss``,
-    ``loop_stall``, or ``unexplained``."""
+    ``loop_stall``, ``truncated_tool_output`` (a harness setting cuts tool results),
+    ``forced_language`` (a prompt line forces one reply language), ``prompt_instruction`` (the
+    failing replies follow one prompt section's instruction), or ``unexplained``."""
     summary: str
     """The root-cause sentence, with numbers."""
     headline: str = ""
