@@ -65,6 +65,7 @@ from pathlib import PurePath
 from typing import Any
 
 from .._topics import refusal_topics, topic_label
+from ..privacy import MIN_GROUP_SIZE
 from ..types import Diagnosis, Thread
 from ._hypotheses import _collect_evidence
 from ._stats import UNASSIGNED, DiagnoseConfig
@@ -286,11 +287,19 @@ def _build(group: _Group, ctx: MergeContext) -> Diagnosis:
     same = [d for d, role in group.members[1:] if role != "consequence"]
     after = [d for d, role in group.members if role == "consequence"]
     summary = primary.summary
-    if same:
+    # Groups smaller than the privacy floor are counted, never named: a summary goes into reports
+    # and PR bodies, where a group of a few threads could point at one customer.
+    named_same = [d for d in same if d.sessions_affected >= MIN_GROUP_SIZE]
+    small = [d for d in same if d.sessions_affected < MIN_GROUP_SIZE]
+    if named_same:
         summary += "; the same root cause in " + ", ".join(
             f"{_describe(d)} ({d.sessions_affected} sessions, {d.signal}"
             + (f" rate {_pct(d.rate_in_intent)}" if d.intent_id is not None else "") + ")"
-            for d in same)
+            for d in named_same)
+    if small:
+        summary += (f"{' and' if named_same else '; the same root cause in'} {len(small)} smaller "
+                    f"group{'s' if len(small) > 1 else ''} "
+                    f"({sum(d.sessions_affected for d in small)} sessions)")
     if after:
         summary += "; it also explains " + ", ".join(
             f"{_describe(d)} {d.signal} ({d.sessions_affected} sessions, "

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from loop_middleware.diagnose._diagnose import DiagnoseConfig, diagnose, diagnosis_id
 from loop_middleware.diagnose._merge import mechanism_key
+from loop_middleware.privacy import MIN_GROUP_SIZE
 from loop_middleware.types import Diagnosis, PromptVersion, Signal, Thread
 
 from .test_diagnose import (
@@ -289,3 +290,18 @@ def test_a_regression_headline_names_the_section_the_change_dropped() -> None:
     threads, signals, assignments = consequence_store()
     [d] = diagnose(threads, signals, list(INTENTS.values()), assignments)
     assert "dropped its" not in d.headline and "rate jumped from 0% to 80%" in d.headline
+
+
+def test_a_member_below_the_privacy_floor_is_counted_not_named() -> None:
+    refund = refused("rf", REFUND_ASKS, 16, 12, NO_REFUNDS)
+    warranty = refused("wr", WARRANTY_ASKS, 5, 4, NO_REFUNDS)
+    ds, threads, assignments = run((*refund, "refund"), (*warranty, "warranty"))
+    gap = next(d for d in ds if d.failure_mode == "coverage_gap")
+    small = [m for m in gap.details["merged"] if m["sessions_affected"] < MIN_GROUP_SIZE]
+    assert [m["intent_id"] for m in small] == ["int-warranty"], gap.details["merged"]
+    # It counts (sessions, breakdown) but the summary, which goes into reports and PR bodies,
+    # does not name a group of fewer than MIN_GROUP_SIZE threads.
+    assert gap.sessions_affected == 12 + 4
+    check_breakdown(gap, assignments, len(threads))
+    assert INTENTS["warranty"].name not in gap.summary
+    assert "the same root cause in 1 smaller group (4 sessions)" in gap.summary
