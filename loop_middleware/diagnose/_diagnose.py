@@ -175,18 +175,61 @@ def _removed_sections(diff: str) -> list[str]:
     return list(dict.fromkeys(h for h in removed if h.casefold() not in added))
 
 
+_LIST_MARK_RX = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+
+
+def _norm_line(text: str) -> str:
+    """A prompt line without its list marker or numbering (a renumbered step is not a change)."""
+    return " ".join(_LIST_MARK_RX.sub("", text).split()).casefold()
+
+
+def _removed_lines(diff: str) -> tuple[list[str], bool]:
+    """The content lines a prompt diff removes and does not add back (list numbering ignored),
+    headings excluded: what a reader recognises when no whole section went; and whether the diff
+    also adds new lines (then the lines were changed rather than dropped)."""
+    removed: list[str] = []
+    added: list[str] = []
+    for line in diff.splitlines():
+        if line.startswith(("---", "+++")) or _HEADING_RX.match(line):
+            continue
+        if line.startswith("-") and line[1:].strip():
+            removed.append(line[1:].strip())
+        elif line.startswith("+") and line[1:].strip():
+            added.append(_norm_line(line[1:]))
+    old = {_norm_line(x) for x in removed}
+    return [x for x in removed if _norm_line(x) not in added], any(a not in old for a in added)
+
+
+def _quote(text: str, limit: int = 72) -> str:
+    text = _LIST_MARK_RX.sub("", text).strip().rstrip(";,:")
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    if cut.count("(") > cut.count(")"):  # never leave a parenthesis open
+        cut = cut[: cut.rfind("(")]
+    return cut.rstrip(" ;,:") + "…"
+
+
 def _cause(h: Hypothesis) -> str:
-    """The cause of a headline: a regression that removed prompt sections names them (what a
-    reader recognises and the revert restores), anything else its clause without details."""
-    sections = _removed_sections(str(h.details.get("diff") or "")) if h.failure_mode == "regression" else []
-    if not sections:
+    """The cause of a headline: a regression names what the new version dropped (the removed
+    sections, else the first removed line: what a reader recognises and the revert restores),
+    anything else its clause without details."""
+    if h.failure_mode != "regression":
+        return _short(h.clause)
+    diff = str(h.details.get("diff") or "")
+    sections = _removed_sections(diff)
+    lines, rewritten = ([], False) if sections else _removed_lines(diff)
+    if not sections and not lines:
         return _short(h.clause)
     path = str(h.details.get("prompt_path") or (h.prompt.path if h.prompt else "") or "the prompt")
     label = "/".join(Path(path).parts[-2:]) if path != "the prompt" else path
-    names = " and ".join(f"'{x}'" for x in sections[:3])
     new = str(h.details.get("new_sha256") or "")[:12]
-    return (f"{label} dropped its {names} section{'s' if len(sections[:3]) > 1 else ''}"
-            + (f" in version {new}" if new else ""))
+    when = f" in version {new}" if new else ""
+    if not sections:
+        verb = "changed" if rewritten else "dropped"
+        return f"{label} {verb} the line '{_quote(lines[0])}'{when}"
+    names = " and ".join(f"'{x}'" for x in sections[:3])
+    return f"{label} dropped its {names} section{'s' if len(sections[:3]) > 1 else ''}{when}"
 
 
 def _sentence(text: str) -> str:

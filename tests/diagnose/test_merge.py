@@ -195,7 +195,7 @@ def test_an_unexplained_diagnosis_refusing_the_gaps_topic_joins_the_gap() -> Non
         ("coverage_gap", "int-refund"), ("unexplained", "int-warranty")]
 
 
-def consequence_store(new: PromptVersion = SUPPORT_V2
+def consequence_store(new: PromptVersion = SUPPORT_V2, old: PromptVersion = SUPPORT_V1
                       ) -> tuple[list[Thread], list[Signal], dict[str, str | None]]:
     """Tracking: prompt v2 makes the agent deflect 12 of 15 sessions (refusal, turn 0; none on
     v1); users get frustrated (turn 1) in 9 of those and, for other reasons, in 5 v1 sessions:
@@ -211,7 +211,7 @@ def consequence_store(new: PromptVersion = SUPPORT_V2
                     T(ask(TRACKING_ASKS, i), "Tracking questions are handled by our logistics team."
                       if deflected else "Let me check that for you."),
                     T("This is useless, I asked twice!" if frustrated else "Thanks!", "Sorry."),
-                    prompt=new if on_new else SUPPORT_V1, at=T0 + timedelta(hours=i))
+                    prompt=new if on_new else old, at=T0 + timedelta(hours=i))
         threads.append(th)
         if deflected:
             signals.append(sig(th, "refusal", 0))
@@ -219,7 +219,7 @@ def consequence_store(new: PromptVersion = SUPPORT_V2
             signals.append(sig(th, "frustration", 1))
     others = []
     for i in range(40):
-        others += plain("pw", PASSWORD_ASKS, 1, start=i, prompt=SUPPORT_V1 if i < 20 else new,
+        others += plain("pw", PASSWORD_ASKS, 1, start=i, prompt=old if i < 20 else new,
                         at=T0 + timedelta(hours=i))
     return threads + others, signals, {**assign(threads, "tracking"), **assign(others, "password")}
 
@@ -286,10 +286,20 @@ def test_a_regression_headline_names_the_section_the_change_dropped() -> None:
     assert d.failure_mode == "regression"
     assert (f"because prompts/support.md dropped its 'Order tracking' section in version "
             f"{dropped.sha256[:12]}, ") in d.headline
-    # A change that removes no heading keeps the clause.
+    # A change that removes no heading names the line it rewrote ...
     threads, signals, assignments = consequence_store()
     [d] = diagnose(threads, signals, list(INTENTS.values()), assignments)
-    assert "dropped its" not in d.headline and "rate jumped from 0% to 80%" in d.headline
+    assert "dropped its" not in d.headline
+    assert ("because prompts/support.md changed the line 'Use the track_order tool with the order "
+            f"number to give the carrier and…' in version {SUPPORT_V2.sha256[:12]}, ") in d.headline
+    # ... or dropped (a renumbered list step is not a change: only the removed step is named).
+    steps = "1. Open Settings.\n2. Check the carrier page.\n3. Reply with the date.\n"
+    v1 = prompt(SUPPORT_V1.text + steps)
+    v2 = prompt(SUPPORT_V1.text + "1. Open Settings.\n2. Reply with the date.\n")
+    threads, signals, assignments = consequence_store(v2, old=v1)
+    [d] = diagnose(threads, signals, list(INTENTS.values()), assignments)
+    assert (f"because prompts/support.md dropped the line 'Check the carrier page.' in version "
+            f"{v2.sha256[:12]}, ") in d.headline
 
 
 def test_a_member_below_the_privacy_floor_is_counted_not_named() -> None:
