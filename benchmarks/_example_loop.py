@@ -1,17 +1,15 @@
 """The whole loop on an example agent other than the demo's, for ``loop_benchmark.py``.
 
-``loop_middleware.demo.run_demo`` is the demo of the Acme Pay example (its host repo layout and
-its ``simulate``). This module runs the same steps on any example package that follows the same
-contract (``prompts/``, ``prompt_history/v1/``, ``agent.yaml``, ``build_agent`` and ``simulate``
-with the demo's keyword arguments): a throw-away git host repo with prompt v1 then v2, cohort 1
-(v1 traffic, then v2), the companion graph (extract, diagnose, propose with the replay guard),
-every fix approved and merged (standing in for the reviewer), cohort 2, measure.
+The same steps as ``loop_middleware.demo.run_demo`` (whose host repo, v2 and simulation steps it
+calls, on any example that follows ``loopmw demo --example``'s contract): a throw-away git host
+repo with prompt v1 then v2, cohort 1 (v1 traffic, then v2), the companion graph (extract,
+diagnose, propose with the replay guard), every fix approved and merged (standing in for the
+reviewer; the demo's reviewer would reject a fix that asks for policy text it does not have),
+cohort 2, measure; no report.
 """
 
 from __future__ import annotations
 
-import importlib
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loop_middleware import demo
 from loop_middleware.config import LoopConfig
 from loop_middleware.store import Store
 from loop_middleware.types import Fix
@@ -28,14 +27,12 @@ __all__ = ["ExampleSpec", "run_example_loop"]
 
 @dataclass(frozen=True)
 class ExampleSpec:
-    """An example agent package and how its host repository is laid out."""
+    """An example agent package (``loopmw demo --example`` contract: ``agent.yaml``, ``prompts/``,
+    ``prompt_history/v1/``, ``simulate`` and ``build_agent``)."""
 
     package: str
     """Importable package (``examples.devplatform_agent``) with ``simulate`` and ``build_agent``."""
     folder: Path
-    prompt_file: str = "support.md"
-    data_keys: Mapping[str, str] | None = None
-    """``agent.yaml`` keys holding data paths made absolute in the host repo (data is not copied)."""
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -44,42 +41,6 @@ def _git(repo: Path, *args: str) -> str:
          "-c", "commit.gpgsign=false", *args],
         cwd=repo, check=True, capture_output=True, text=True,
     ).stdout.strip()
-
-
-def host_repo(spec: ExampleSpec, repo: Path) -> None:
-    """A git copy of the example's prompts (v1 committed first) and harness config."""
-    if repo.exists():
-        shutil.rmtree(repo)
-    (repo / "prompts").mkdir(parents=True)
-    _git(repo, "init", "-q", "-b", "main")
-    lines = []
-    for line in (spec.folder / "agent.yaml").read_text(encoding="utf-8").splitlines():
-        key = line.split(":", 1)[0].strip()
-        if spec.data_keys and key in spec.data_keys and not line.lstrip().startswith("#"):
-            line = f"{key}: {spec.folder / line.split(':', 1)[1].strip()}"
-        lines.append(line)
-    (repo / "agent.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (repo / ".gitattributes").write_text("prompts/*.md merge=union\n", encoding="utf-8")
-    shutil.copy(spec.folder / "prompt_history" / "v1" / spec.prompt_file, repo / "prompts" / spec.prompt_file)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "example agent, prompt v1")
-
-
-def ship_v2(spec: ExampleSpec, repo: Path) -> None:
-    shutil.copy(spec.folder / "prompts" / spec.prompt_file, repo / "prompts" / spec.prompt_file)
-    _git(repo, "commit", "-qam", "Tidy up the support prompt (v2)")
-
-
-def simulate_into(spec: ExampleSpec, repo: Path, store: Store, n: int, seed: int, prefix: str) -> Any:
-    from loop_middleware.capture import LoopCallbackHandler
-
-    simulate = importlib.import_module(spec.package).simulate
-    handler = LoopCallbackHandler(store, emit_spans=False)
-    try:
-        return simulate(n, seed=seed, prompt_dir=repo / "prompts", config_path=repo / "agent.yaml",
-                        callbacks=[handler], store=store, thread_prefix=prefix)
-    finally:
-        handler.close()
 
 
 def run_example_loop(spec: ExampleSpec, out: Path, *, threads: int, seed: int, embedder: str,
@@ -100,14 +61,14 @@ def run_example_loop(spec: ExampleSpec, out: Path, *, threads: int, seed: int, e
     for stale in out.glob("loop.db*"):
         stale.unlink()
     repo = out / "host_repo"
-    host_repo(spec, repo)
+    demo._host_repo(spec.folder, repo)  # the demo's steps, so the two loops cannot drift apart
     store = Store(f"sqlite:///{out / 'loop.db'}")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     n_v1 = max(threads // 2, 20)
-    on_summary("c1v1", simulate_into(spec, repo, store, n_v1, seed, "c1v1"))
-    ship_v2(spec, repo)
-    on_summary("c1v2", simulate_into(spec, repo, store, threads, seed + 1, "c1v2"))
+    on_summary("c1v1", demo._simulate(spec.folder, repo, store, n_v1, seed, "c1v1"))
+    demo._ship_v2(spec.folder, repo)
+    on_summary("c1v2", demo._simulate(spec.folder, repo, store, threads, seed + 1, "c1v2"))
     timings["cohort1_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -148,7 +109,7 @@ def run_example_loop(spec: ExampleSpec, out: Path, *, threads: int, seed: int, e
         for f in shipped
     ])
     t = time.perf_counter()
-    on_summary("c2", simulate_into(spec, repo, store, threads, seed + 2, "c2"))
+    on_summary("c2", demo._simulate(spec.folder, repo, store, threads, seed + 2, "c2"))
     timings["cohort2_s"] = time.perf_counter() - t
     t = time.perf_counter()
     extract(store, mode=embedder)  # type: ignore[arg-type]
@@ -204,8 +165,7 @@ DEVPLATFORM_DEFECTS: tuple[PlantedDefect, ...] = (
 )
 
 DEVPLATFORM = ExampleSpec("examples.devplatform_agent",
-                          Path(__file__).resolve().parents[1] / "examples" / "devplatform_agent",
-                          data_keys={"docs_dir": "", "projects_file": ""})
+                          Path(__file__).resolve().parents[1] / "examples" / "devplatform_agent")
 
 
 def match_planted(failure_mode: str, thread_ids: list[str], truth: Mapping[str, Mapping[str, Any]],
