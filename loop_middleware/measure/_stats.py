@@ -588,11 +588,10 @@ def compare_rates(
             shortfall = max(required - small, min_n - small)
             if shortfall > 0:
                 needed = shortfall
+                detect = f"{basis} {_fmt_pts(effect)} at {power:.0%} power"
                 # Say which bound sets the goal: the power calculation or the minimum cohort.
-                goal = (f"{required} per cohort detect {basis} {_fmt_pts(effect)} at {power:.0%} power"
-                        if required >= min_n else
-                        f"{required} per cohort would detect {basis} {_fmt_pts(effect)} at "
-                        f"{power:.0%} power, but a cohort needs at least {min_n}")
+                goal = (f"{required} each to detect {detect}" if required >= min_n else
+                        f"{required} each would detect {detect}, but a cohort needs at least {min_n}")
                 reason += f"; about {needed} more threads per cohort ({goal})"
             else:
                 reason += (
